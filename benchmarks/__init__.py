@@ -1,0 +1,1 @@
+"""tfp-ext benchmarks: `python -m benchmarks [NAME ...] [--quick]` (see benchmarks/README.md)."""

@@ -1,0 +1,1 @@
+"""Shared math for tfp-ext. Not a public API: names here may change without notice."""
