@@ -37,6 +37,12 @@ def _squared_norm_over_parts(parts, event_ndims):
   return tf.add_n([_sum_event(tf.square(p), nd) for p, nd in zip(parts, event_ndims)])
 
 
+def _constants(momentum_parts, mass, max_speed):
+  dtype = momentum_parts[0].dtype
+  return (tf.convert_to_tensor(mass, dtype, name="mass"),
+          tf.convert_to_tensor(max_speed, dtype, name="max_speed"))
+
+
 def kinetic_energy(momentum_parts, mass, max_speed, event_ndims, mode=JOINT):
   """K(p) per chain: a tensor of the batch shape (event dims of every part reduced).
 
@@ -48,6 +54,7 @@ def kinetic_energy(momentum_parts, mass, max_speed, event_ndims, mode=JOINT):
     mode: "joint" or "independent".
   """
   _check_mode(mode)
+  mass, max_speed = _constants(momentum_parts, mass, max_speed)
   mc2 = mass * tf.square(max_speed)
   m2c2 = tf.square(mass * max_speed)
   if mode == JOINT:
@@ -61,6 +68,7 @@ def kinetic_energy(momentum_parts, mass, max_speed, event_ndims, mode=JOINT):
 def velocity(momentum_parts, mass, max_speed, event_ndims, mode=JOINT):
   """dK/dp for every part: a list shaped like `momentum_parts`."""
   _check_mode(mode)
+  mass, max_speed = _constants(momentum_parts, mass, max_speed)
   m2c2 = tf.square(mass * max_speed)
   if mode == JOINT:
     sq = _squared_norm_over_parts(momentum_parts, event_ndims)
