@@ -95,7 +95,7 @@ def sample_momentum(state_parts, mass, max_speed, event_ndims, mode=JOINT, seed=
   """
   _check_mode(mode)
   # Imported here: the distributions subpackage is optional for users of the energies above.
-  from tfp_ext.distributions import generalized_inverse_gaussian as gig_lib  # pylint: disable=g-import-not-at-top
+  from tfp_ext.distributions import generalized_inverse_gaussian as gig_lib  # pylint: disable=g-import-not-at-top,line-too-long
   from tfp_ext.internal import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
   seed = seeds_lib.sanitize(seed, salt="relativistic_momentum")
   mixing_seed, *normal_seeds = tf.unstack(tfp.random.split_seed(seed, n=len(state_parts) + 1))

@@ -1,0 +1,171 @@
+"""Serving costs: (b) the S = 32 predictive vs the deterministic model on a 32·B batch, and
+(c) REST latency (p50 / p99) and throughput of the local server on 127.0.0.1 at concurrency 1 and 8.
+
+(b) The predictive runs the model under S weight samples at once (vectorized over samples), so
+its floor is the deterministic model on S·B rows, which does the same arithmetic; the ratio shows
+what sampling the weights, the batched (per-sample) matmuls and the summary add. Measured as
+served (`tf.function`, not XLA-compiled) and with `jit_compile=True`. Aim: within 1.5×.
+
+(c) The baseline is the same export's signature called in-process; the ratio is what HTTP, JSON
+and the server add per request. Client threads and the server process share the machine's cores.
+"""
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+S = 32
+
+
+def _timeit(fn, reps, warmup=3):
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def _mlp(in_dim, hidden, out_dim):
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  return tf_keras.Sequential([
+      tf_keras.Input((in_dim,)),
+      tf_keras.layers.Dense(hidden, activation="relu", kernel_initializer=tf_keras.initializers.GlorotUniform(0)),
+      tf_keras.layers.Dense(hidden, activation="relu", kernel_initializer=tf_keras.initializers.GlorotUniform(1)),
+      tf_keras.layers.Dense(out_dim, kernel_initializer=tf_keras.initializers.GlorotUniform(2)),
+  ])
+
+
+def _posterior(model):
+  from tfp_ext.posterior import MeanFieldGaussian  # pylint: disable=g-import-not-at-top
+  w = [v.numpy() for v in model.trainable_variables]
+  return MeanFieldGaussian(w, [np.full(v.shape, 0.05, v.dtype) for v in w])
+
+
+def predictive_vs_deterministic(quick: bool) -> None:
+  """Part (b)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfp_ext.internal import seeds  # pylint: disable=g-import-not-at-top
+  from tfp_ext.posterior import predictive_samples, summarize  # pylint: disable=g-import-not-at-top
+
+  in_dim, hidden = 16, 128
+  model = _mlp(in_dim, hidden, 1)
+  q = _posterior(model)
+  seed = seeds.sanitize(0, salt="bench")
+  reps = 5 if quick else 30
+  print(f"(b) predictive, S={S} weight samples, vs the deterministic model on {S}·B rows; "
+        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), median of {reps} calls")
+  print(f"{'B':>5} {'compile':>8} {'determ. 32·B (ms)':>18} {'predictive (ms)':>16} {'ratio':>6} "
+        f"{'weight draw alone (ms)':>22}")
+  for batch in ([8, 64] if quick else [8, 64, 256]):
+    x = tf.random.stateless_normal([batch, in_dim], [1, 2])
+    x_big = tf.random.stateless_normal([S * batch, in_dim], [3, 4])
+    for jit in (False, True):
+      det = tf.function(lambda a: model(a), jit_compile=jit)
+      pred = tf.function(lambda a: summarize(predictive_samples(model, q, a, S, seed)),
+                         jit_compile=jit)
+      draw = tf.function(lambda: tf.add_n([tf.reduce_sum(w) for w in q.sample(S, seed)]),
+                         jit_compile=jit)
+      t_det = _timeit(lambda: det(x_big)[0, 0].numpy(), reps)
+      t_pred = _timeit(lambda: pred(x)["mean"][0, 0].numpy(), reps)
+      t_draw = _timeit(lambda: draw().numpy(), reps)
+      print(f"{batch:>5} {'XLA' if jit else 'none':>8} {t_det * 1e3:>18.3f} {t_pred * 1e3:>16.3f} "
+            f"{t_pred / t_det:>6.2f} {t_draw * 1e3:>22.3f}")
+
+
+def rest_latency(quick: bool) -> None:
+  """Part (c)."""
+  import requests  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfp_ext.serving import export  # pylint: disable=g-import-not-at-top
+
+  model = _mlp(1, 32, 1)
+  q = _posterior(model)
+  n_requests = 40 if quick else 400
+  with tempfile.TemporaryDirectory() as tmp:
+    base = os.path.join(tmp, "bench")
+    path = export(model, q, base, num_samples=S, noise_stddev=0.1)
+    sig = tf.saved_model.load(path).signatures["serving_default"]
+    print(f"\n(c) REST :predict on 127.0.0.1 (`tfp-ext serve` in its own process), 1-input MLP 1-32-32-1, S={S}; "
+          f"{n_requests} requests per row")
+    print(f"{'rows/req':>8} {'conc.':>5} {'in-process (ms)':>15} {'p50 (ms)':>9} {'p99 (ms)':>9} "
+          f"{'req/s':>7} {'p50 ratio':>9}")
+    # The server runs in its own process, as in deployment (a server thread inside the client's
+    # process adds tens of milliseconds of thread hand-off per request).
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfp_ext.cli", "serve", "--model_name=bench",
+         f"--model_base_path={base}", f"--rest_api_port={port}", "--rest_api_num_threads=8",
+         "--file_system_poll_wait_seconds=0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+      url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
+      _wait_ready(f"http://127.0.0.1:{port}/v1/models/bench", proc)
+      for rows in (1, 32):
+        x = np.linspace(-2, 2, rows, dtype=np.float32)[:, None]
+        body = {"instances": x.tolist()}
+        t_direct = _timeit(lambda: sig(x=tf.constant(x))["mean"].numpy(), 5 if quick else 50)
+        for conc in (1, 8):
+          local = threading.local()
+
+          def call(_):
+            session = getattr(local, "session", None)
+            if session is None:
+              session = local.session = requests.Session()
+            t = time.perf_counter()
+            r = session.post(url, json=body, timeout=60)
+            r.raise_for_status()
+            return time.perf_counter() - t
+
+          with concurrent.futures.ThreadPoolExecutor(conc) as pool:
+            list(pool.map(call, range(2 * conc)))  # Warm-up: connections, first calls.
+            start = time.perf_counter()
+            lat = np.array(list(pool.map(call, range(n_requests))))
+            wall = time.perf_counter() - start
+          p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+          print(f"{rows:>8} {conc:>5} {t_direct * 1e3:>15.3f} {p50 * 1e3:>9.2f} {p99 * 1e3:>9.2f} "
+                f"{n_requests / wall:>7.1f} {p50 / t_direct:>9.1f}")
+    finally:
+      proc.terminate()
+      proc.wait(timeout=30)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _wait_ready(status_url, proc, timeout=180):
+  import requests  # pylint: disable=g-import-not-at-top
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if proc.poll() is not None:
+      raise RuntimeError("tfp-ext serve exited early")
+    try:
+      if requests.get(status_url, timeout=5).status_code == 200:
+        return
+    except requests.ConnectionError:
+      pass
+    time.sleep(0.25)
+  raise RuntimeError("tfp-ext serve did not come up")
+
+
+def main(quick: bool = False) -> None:
+  """Prints the (b) and (c) tables."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  predictive_vs_deterministic(quick)
+  rest_latency(quick)
+
+
+if __name__ == "__main__":
+  main()

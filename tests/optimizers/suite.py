@@ -1,0 +1,346 @@
+"""The contract every variational optimizer of `tfp_ext.optimizers` meets, as reusable checks.
+
+`test_suite.py` runs every `check_*` function below on every entry of `REGISTRY`. An optimizer
+joins the suite by adding one `OptimizerCase` to `REGISTRY`:
+
+```python
+OptimizerCase(
+    name="VOGN",
+    make=lambda **kw: tfp_ext.optimizers.VOGN(**{"learning_rate": 0.01, **kw}),
+    wrap_model=lambda model: tfp_ext.keras.VariationalModel(model),  # feeds per-example g²
+    bad_kwargs=COMMON_BAD_KWARGS + [({"beta": 1.5}, "beta")],
+)
+```
+
+`make(**kwargs)` must accept `num_examples`, `seed` and any key of `bad_kwargs`; `wrap_model`
+turns the plain Keras model into what is compiled and fitted (identity for Vadam and Vprop), and
+its `trainable_variables` must be the plain model's. The checks:
+
+* `check_config_round_trip`: `get_config`/`from_config` and Keras (de)serialization round trip,
+  JSON-able config, the resolved seed reproduces the noise.
+* `check_checkpoint_resume`: a `tf.train.Checkpoint` restores the posterior bit for bit, and a
+  run resumed from it ends where an uninterrupted run ends.
+* `check_mirrored_strategy`: training under `MirroredStrategy` on the two logical CPUs of
+  `conftest.py` matches single-device training, and the replicas agree.
+* `check_jit_and_steps_per_execution`: `jit_compile=True` with `steps_per_execution=4` matches
+  the plain graph run.
+* `check_reproducible`: the same seed reproduces training bit for bit; another seed changes it.
+* `check_bad_hyperparameters`: every entry of `bad_kwargs` raises a ValueError naming the
+  argument, at construction.
+* `check_posterior_alignment`: `posterior()` is aligned with `model.trainable_variables` (or a
+  given `var_list`), holds μ after `fit`, and refuses foreign variables or an unbuilt optimizer.
+* `check_posterior_mean_swap`: the callback and the context manager put μ in and the sample
+  back exactly.
+
+All checks train a 3-4-1 tanh MLP on 64 generated examples for 2 epochs of 4 steps (cheap).
+"""
+
+import dataclasses
+import json
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import tfp_ext
+
+NUM_EXAMPLES = 64
+BATCH_SIZE = 16
+EPOCHS = 2
+
+COMMON_BAD_KWARGS = [
+    ({"num_examples": None}, "num_examples"),
+    ({"num_examples": 0}, "num_examples"),
+    ({"num_examples": -3}, "num_examples"),
+    ({"num_examples": 10.5}, "num_examples"),
+    ({"prior_precision": -1.0}, "prior_precision"),
+    ({"prior_precision": 0.0}, "prior_precision"),
+    ({"prior_precision": float("nan")}, "prior_precision"),
+    ({"init_precision": -2.0}, "init_precision"),
+    ({"init_precision": 0.5, "prior_precision": 1.0}, "init_precision"),
+    ({"learning_rate": -0.1}, "learning_rate"),
+    ({"seed": -1}, "seed"),
+    ({"use_ema": True}, "use_ema"),
+    ({"weight_decay": 0.01}, "weight_decay"),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerCase:
+  """One optimizer under test: how to make it and what must be refused."""
+  name: str
+  make: Callable[..., tf_keras.optimizers.Optimizer]
+  bad_kwargs: Sequence = tuple(COMMON_BAD_KWARGS)
+  wrap_model: Callable = staticmethod(lambda model: model)
+
+  def __str__(self):
+    return self.name
+
+
+REGISTRY = [
+    OptimizerCase(
+        name="Vadam",
+        make=lambda **kw: tfp_ext.optimizers.Vadam(**{"learning_rate": 0.05, **kw}),
+        bad_kwargs=COMMON_BAD_KWARGS + [({"beta_1": 1.0}, "beta_1"),
+                                        ({"beta_2": -0.5}, "beta_2")]),
+    OptimizerCase(
+        name="Vprop",
+        make=lambda **kw: tfp_ext.optimizers.Vprop(**{"learning_rate": 0.05, **kw}),
+        bad_kwargs=COMMON_BAD_KWARGS + [({"rho": 1.0}, "rho")]),
+    OptimizerCase(
+        name="VOGN",
+        make=lambda **kw: tfp_ext.optimizers.VOGN(**{"learning_rate": 0.05, **kw}),
+        wrap_model=lambda model: tfp_ext.keras.VariationalModel(model),
+        bad_kwargs=COMMON_BAD_KWARGS + [({"beta_2": 1.0}, "beta_2"),
+                                        ({"tempering": 0.0}, "tempering"),
+                                        ({"hessian_approximation": "kfac"},
+                                         "hessian_approximation")]),
+    OptimizerCase(
+        name="IVON",
+        # IVON's own names: ess ↔ num_examples; the common keys map onto the base class's.
+        make=lambda **kw: tfp_ext.optimizers.IVON(**_ivon_kwargs(kw)),
+        bad_kwargs=[({"num_examples": None}, "ess"), ({"num_examples": 0}, "ess"),
+                    ({"learning_rate": -0.1}, "learning_rate"), ({"seed": -1}, "seed"),
+                    ({"use_ema": True}, "use_ema"), ({"hess_init": 0.0}, "hess_init"),
+                    ({"weight_decay": -1.0}, "weight_decay"), ({"beta_2": 1.0}, "beta_2")]),
+]
+
+
+def _ivon_kwargs(kw):
+  """Suite keyword arguments in IVON's vocabulary (`num_examples` is its `ess`)."""
+  kw = dict(kw)
+  kw["ess"] = kw.pop("num_examples", None)
+  return {"learning_rate": 0.05, "hess_init": 0.5, "beta_2": 0.999, **kw}
+
+
+# -- A tiny problem -------------------------------------------------------------------------------
+
+
+def data():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(NUM_EXAMPLES, 3)).astype(np.float32)
+  y = (np.sin(x @ np.array([[1.0], [-0.5], [0.3]])) + 0.1 * rng.normal(size=(NUM_EXAMPLES, 1)))
+  return x, y.astype(np.float32)
+
+
+def make_model(init_seed=0):
+  """A small MLP with seeded initializers (independent of Keras's global seed)."""
+  init = lambda k: tf_keras.initializers.GlorotUniform(seed=init_seed * 10 + k)
+  return tf_keras.Sequential([
+      tf_keras.layers.Dense(4, activation="tanh", kernel_initializer=init(1), input_shape=(3,)),
+      tf_keras.layers.Dense(1, kernel_initializer=init(2)),
+  ])
+
+
+def compile_model(case, model, opt, jit_compile=False, steps_per_execution=1):
+  wrapped = case.wrap_model(model)
+  # 0.5·(y − f)²: the per-example Gaussian NLL (unit noise, up to a constant), batch-averaged.
+  wrapped.compile(optimizer=opt, loss=lambda y, f: 0.5 * tf.reduce_mean(tf.square(y - f), -1),
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+  return wrapped
+
+
+def fit(wrapped, epochs=EPOCHS):
+  x, y = data()
+  return wrapped.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, shuffle=False, verbose=0,
+                     callbacks=[tfp_ext.optimizers.PosteriorMeanSwap()])
+
+
+def train(case, seed=0, init_seed=0, epochs=EPOCHS, **compile_kwargs):
+  """(model, optimizer) after `epochs` of training from a fixed initialization."""
+  model = make_model(init_seed)
+  opt = case.make(num_examples=NUM_EXAMPLES, seed=seed)
+  fit(compile_model(case, model, opt, **compile_kwargs), epochs)
+  return model, opt
+
+
+def posterior_arrays(opt):
+  q = opt.posterior()
+  return [t.numpy() for t in q.loc], [t.numpy() for t in q.scale]
+
+
+def assert_posteriors_equal(a, b):
+  for part_a, part_b in zip(a[0] + a[1], b[0] + b[1]):
+    np.testing.assert_array_equal(part_a, part_b)
+
+
+def assert_posteriors_close(a, b, rtol, atol):
+  for part_a, part_b in zip(a[0] + a[1], b[0] + b[1]):
+    np.testing.assert_allclose(part_a, part_b, rtol=rtol, atol=atol)
+
+
+# -- Checks ---------------------------------------------------------------------------------------
+
+
+def check_config_round_trip(case, reference):
+  del reference
+  opt = case.make(num_examples=NUM_EXAMPLES, seed=None)
+  config = opt.get_config()
+  json.dumps(config)  # plain values only
+  assert isinstance(config["seed"], int), "a None seed must be resolved to an int in the config"
+  clone = type(opt).from_config(config)
+  assert clone.get_config() == config
+  restored = tf_keras.optimizers.deserialize(tf_keras.optimizers.serialize(opt))
+  assert type(restored) is type(opt) and restored.get_config() == config
+  # The resolved seed reproduces the noise: the same sample lands in the variables.
+  values = []
+  for o in (opt, clone):
+    variables = [tf.Variable(tf.zeros([5, 2])), tf.Variable(tf.ones([3]))]
+    o.build(variables)
+    o.assign_sample(variables)
+    values.append([v.numpy() for v in variables])
+  for a, b in zip(*values):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(values[0][0], np.zeros([5, 2]))
+  # Learning-rate schedules serialize as well.
+  schedule = tf_keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+  opt = case.make(num_examples=NUM_EXAMPLES, seed=3, learning_rate=schedule)
+  clone = type(opt).from_config(opt.get_config())
+  assert clone.get_config() == opt.get_config()
+  assert float(clone.learning_rate) == pytest.approx(0.1)
+
+
+def check_checkpoint_resume(case, reference, tmp_path):
+  model, opt = train(case, epochs=1)
+  path = tf.train.Checkpoint(model=model, optimizer=opt).save(str(tmp_path / "ckpt"))
+  saved = posterior_arrays(opt)
+
+  # A different initialization, so everything checked below comes from the checkpoint.
+  model2 = make_model(init_seed=7)
+  opt2 = type(opt).from_config(opt.get_config())
+  wrapped2 = compile_model(case, model2, opt2)
+  opt2.build(model2.trainable_variables)
+  tf.train.Checkpoint(model=model2, optimizer=opt2).restore(path).assert_existing_objects_matched()
+  assert int(opt2.iterations) == int(opt.iterations) == NUM_EXAMPLES // BATCH_SIZE
+  assert_posteriors_equal(posterior_arrays(opt2), saved)
+
+  # Resuming reproduces the uninterrupted run. Same ops on the same values in the same order:
+  # equal up to float32 rounding (1e-6 relative, 1e-7 absolute covers a few ulps).
+  fit(wrapped2, epochs=1)
+  assert int(opt2.iterations) == reference["iterations"]
+  assert_posteriors_close(posterior_arrays(opt2), reference["posterior"], rtol=1e-6, atol=1e-7)
+
+
+def check_mirrored_strategy(case, reference):
+  devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+  assert len(devices) == 2, "conftest.py configures two logical CPUs"
+  strategy = tf.distribute.MirroredStrategy(devices)
+  with strategy.scope():
+    model = make_model()
+    opt = case.make(num_examples=NUM_EXAMPLES, seed=0)
+    wrapped = compile_model(case, model, opt)
+  fit(wrapped)
+  # Every replica holds the same μ, statistics and weights (same noise from the same seed).
+  for v in list(opt.variables) + list(model.trainable_variables):
+    parts = [p.numpy() for p in getattr(v, "values", [v])]
+    assert len(parts) == 2 or not hasattr(v, "values")
+    for p in parts[1:]:
+      np.testing.assert_array_equal(p, parts[0])
+  # The all-reduced gradient is the global batch mean, summed in another order than on one
+  # device: agreement to float32 rounding amplified over 8 adaptive steps (1e-4 relative).
+  assert_posteriors_close(posterior_arrays(opt), reference["posterior"], rtol=1e-4, atol=1e-5)
+
+
+def check_jit_and_steps_per_execution(case, reference):
+  _, opt = train(case, jit_compile=True, steps_per_execution=4)
+  assert int(opt.iterations) == reference["iterations"]
+  # XLA fuses and reorders float32 arithmetic; the noise itself is identical with and without
+  # XLA (tfp_ext.internal.seeds.normal), so only rounding differs.
+  assert_posteriors_close(posterior_arrays(opt), reference["posterior"], rtol=1e-4, atol=1e-5)
+
+
+def check_reproducible(case, reference):
+  _, opt = train(case)
+  assert_posteriors_equal(posterior_arrays(opt), reference["posterior"])
+  # Another seed draws other noise (so it trains elsewhere); the same seed, the same noise.
+  samples = []
+  for seed in (0, 0, 1):
+    variables = [tf.Variable(tf.zeros([3, 4])), tf.Variable(tf.zeros([4]))]
+    other = case.make(num_examples=NUM_EXAMPLES, seed=seed)
+    other.build(variables)
+    other.assign_sample(variables)
+    samples.append([v.numpy() for v in variables])
+  for a, b, c in zip(*samples):
+    np.testing.assert_array_equal(a, b)
+    assert not np.any(a == c)
+
+
+def check_bad_hyperparameters(case, reference):
+  del reference
+  for kwargs, name in case.bad_kwargs:
+    full = {"num_examples": NUM_EXAMPLES, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(name)):
+      case.make(**full)
+
+
+def check_posterior_alignment(case, reference):
+  model, opt = reference["model"], reference["opt"]
+  variables = model.trainable_variables
+  q = opt.posterior()
+  assert isinstance(q, tfp_ext.posterior.MeanFieldGaussian)
+  q.check_compatible(variables)
+  for loc, scale, v in zip(q.loc, q.scale, variables):
+    np.testing.assert_array_equal(loc.numpy(), v.numpy())  # fit left μ in the model
+    assert scale.shape == v.shape and np.all(scale.numpy() > 0)
+  reordered = opt.posterior(variables[::-1])
+  for a, b in zip(reordered.loc, q.loc[::-1]):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  with pytest.raises(ValueError, match="not built on variable"):
+    opt.posterior([tf.Variable(tf.zeros([4]), name="stranger")])
+  with pytest.raises(ValueError, match="not been built"):
+    case.make(num_examples=NUM_EXAMPLES, seed=0).posterior()
+
+
+def check_posterior_mean_swap(case, reference):
+  model, opt = reference["model"], reference["opt"]
+  variables = model.trainable_variables
+  mean = [v.numpy() for v in opt.posterior().loc]
+  opt.assign_sample(variables)
+  sample = [v.numpy() for v in variables]
+  assert not any(np.array_equal(a, b) for a, b in zip(sample, mean))
+  with tfp_ext.optimizers.use_posterior_mean(model, opt):
+    for v, m in zip(variables, mean):
+      np.testing.assert_array_equal(v.numpy(), m)
+  for v, s in zip(variables, sample):
+    np.testing.assert_array_equal(v.numpy(), s)
+  # The callback: validation and epoch ends see μ; training steps see samples.
+  seen = []
+  probe = tf_keras.callbacks.LambdaCallback(
+      on_epoch_end=lambda epoch, logs: seen.append([v.numpy() for v in variables]))
+  x, y = data()
+  opt.assign_mean(variables)
+  history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, shuffle=False, verbose=0,
+                      validation_data=(x, y),
+                      callbacks=[tfp_ext.optimizers.PosteriorMeanSwap(), probe])
+  final_mean = [t.numpy() for t in opt.posterior().loc]
+  for a, b in zip(seen[0], final_mean):
+    np.testing.assert_array_equal(a, b)
+  # Validation ran on μ: it equals evaluating the final μ (fit leaves μ in the model). Same
+  # graph ops on the same weights; float32 rounding only.
+  assert history.history["val_loss"][0] == pytest.approx(
+      model.evaluate(x, y, batch_size=BATCH_SIZE, verbose=0), rel=1e-6)
+  with pytest.raises(ValueError, match="variational optimizer"):
+    with tfp_ext.optimizers.use_posterior_mean(model, tf_keras.optimizers.Adam()):
+      pass
+
+
+CHECKS = [
+    check_config_round_trip,
+    check_checkpoint_resume,
+    check_mirrored_strategy,
+    check_jit_and_steps_per_execution,
+    check_reproducible,
+    check_bad_hyperparameters,
+    check_posterior_alignment,
+    check_posterior_mean_swap,
+]
+
+
+def reference_run(case):
+  """The run the other checks compare against: seed 0, no XLA, one step per execution."""
+  model, opt = train(case)
+  return {"model": model, "opt": opt, "posterior": posterior_arrays(opt),
+          "iterations": int(opt.iterations)}

@@ -1,0 +1,61 @@
+"""The `tfp-ext` console script: `serve` in its own process speaks the REST contract; argument
+errors are clear."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from tests.serving import contract
+from tfp_ext import cli
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_serve_command(regression):
+  port = _free_port()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "tfp_ext.cli", "serve", "--model_name=reg",
+       f"--model_base_path={regression.base}", f"--rest_api_port={port}"],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+  url = f"http://127.0.0.1:{port}"
+  try:
+    deadline = time.monotonic() + 120
+    while True:
+      assert proc.poll() is None, proc.stdout.read()
+      try:
+        if requests.get(f"{url}/v1/models/reg", timeout=5).status_code == 200:
+          break
+      except requests.ConnectionError:
+        pass
+      assert time.monotonic() < deadline, "tfp-ext serve did not come up"
+      time.sleep(0.25)
+    contract.check_status_and_metadata(url, "reg")
+    contract.check_predict_formats(url, "reg", np.array([[0.], [1.]], np.float32))
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_argument_errors(capsys):
+  with pytest.raises(SystemExit):
+    cli.main([])
+  with pytest.raises(SystemExit, match="model_base_path"):
+    cli.main(["serve", "--model_name=m"])
+  with pytest.raises(SystemExit, match="either"):
+    cli.main(["serve", "--model_config_file=x", "--model_base_path=y"])
+  with pytest.raises(SystemExit, match="not a directory"):
+    cli.main(["serve", "--model_base_path=/nonexistent/tfp_ext_models"])
+  with pytest.raises(SystemExit):
+    cli.main(["check"])
+  capsys.readouterr()

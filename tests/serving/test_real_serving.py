@@ -1,0 +1,32 @@
+"""The REST contract against a real `tensorflow_model_server` (see docker/README.md).
+
+Runs when TFP_EXT_SERVING_URL is set, e.g. `TFP_EXT_SERVING_URL=http://127.0.0.1:8501`, against
+the quickstart model (`TFP_EXT_SERVING_MODEL`, default `quickstart`, one input feature); skipped
+otherwise.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.serving import contract
+
+URL = os.environ.get("TFP_EXT_SERVING_URL")
+MODEL = os.environ.get("TFP_EXT_SERVING_MODEL", "quickstart")
+IN_DIM = int(os.environ.get("TFP_EXT_SERVING_IN_DIM", "1"))
+
+pytestmark = pytest.mark.skipif(not URL, reason="TFP_EXT_SERVING_URL is not set")
+
+
+def test_status_and_metadata():
+  contract.check_status_and_metadata(URL.rstrip("/"), MODEL)
+
+
+def test_predict_formats():
+  x = np.linspace(-2., 2., 4 * IN_DIM, dtype=np.float32).reshape(4, IN_DIM)
+  contract.check_predict_formats(URL.rstrip("/"), MODEL, x)
+
+
+def test_bad_requests():
+  contract.check_bad_requests(URL.rstrip("/"), MODEL, IN_DIM)
