@@ -37,11 +37,12 @@ def _timeit(fn, reps, warmup=3):
 
 def _mlp(in_dim, hidden, out_dim):
   import tf_keras  # pylint: disable=g-import-not-at-top
+  glorot = tf_keras.initializers.GlorotUniform
   return tf_keras.Sequential([
       tf_keras.Input((in_dim,)),
-      tf_keras.layers.Dense(hidden, activation="relu", kernel_initializer=tf_keras.initializers.GlorotUniform(0)),
-      tf_keras.layers.Dense(hidden, activation="relu", kernel_initializer=tf_keras.initializers.GlorotUniform(1)),
-      tf_keras.layers.Dense(out_dim, kernel_initializer=tf_keras.initializers.GlorotUniform(2)),
+      tf_keras.layers.Dense(hidden, activation="relu", kernel_initializer=glorot(0)),
+      tf_keras.layers.Dense(hidden, activation="relu", kernel_initializer=glorot(1)),
+      tf_keras.layers.Dense(out_dim, kernel_initializer=glorot(2)),
   ])
 
 
@@ -95,8 +96,8 @@ def rest_latency(quick: bool) -> None:
     base = os.path.join(tmp, "bench")
     path = export(model, q, base, num_samples=S, noise_stddev=0.1)
     sig = tf.saved_model.load(path).signatures["serving_default"]
-    print(f"\n(c) REST :predict on 127.0.0.1 (`tfp-ext serve` in its own process), 1-input MLP 1-32-32-1, S={S}; "
-          f"{n_requests} requests per row")
+    print(f"\n(c) REST :predict on 127.0.0.1 (`tfp-ext serve` in its own process), "
+          f"1-input MLP 1-32-32-1, S={S}; {n_requests} requests per row")
     print(f"{'rows/req':>8} {'conc.':>5} {'in-process (ms)':>15} {'p50 (ms)':>9} {'p99 (ms)':>9} "
           f"{'req/s':>7} {'p50 ratio':>9}")
     # The server runs in its own process, as in deployment (a server thread inside the client's

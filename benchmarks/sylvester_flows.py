@@ -147,7 +147,7 @@ def evaluate(model, x, num_samples, seed=1, batch_size=100):
 
 def flow_vae(quick):
   x_train, x_test = load_binarized_digits()
-  epochs = 150 if not quick else 3
+  epochs = 40 if not quick else 3
   num_samples = 500 if not quick else 50
   results = {}
   for posterior in ("gaussian", "planar", "iaf", "orthogonal", "householder", "triangular"):

@@ -82,7 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="larger request bodies are refused with HTTP 413")
   p.set_defaults(fn=_serve)
 
-  p = sub.add_parser("quickstart", help="train, plot, export, check, serve and query a Bayesian MLP",
+  p = sub.add_parser("quickstart",
+                     help="train, plot, export, check, serve and query a Bayesian MLP",
                      description="Trains a small Bayesian MLP with Vadam on a 1-D regression with "
                      "a gap, writes quickstart.png, exports to serving/models/quickstart/<version>,"
                      " checks the export, serves it locally and sends one REST request.")

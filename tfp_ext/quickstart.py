@@ -2,8 +2,8 @@
 
 1. generate a 1-D regression data set with a gap in the inputs (uncertainty should grow there);
 2. train a small Bayesian MLP with Vadam in `model.fit` (XLA-compiled);
-3. plot the predictive mean ± 2 stddev with the data (`quickstart.png`);
-4. export to `serving/models/quickstart/<version>` for TF Serving;
+3. export to `serving/models/quickstart/<version>` for TF Serving;
+4. plot the served predictive mean ± 2 stddev with the data (`quickstart.png`);
 5. check the export as `tensorflow_model_server` loads it (C++ loader, XLA disabled);
 6. serve it locally over TF Serving's REST API, send one request and print the answer.
 """
@@ -90,7 +90,8 @@ def run(output_dir: str = ".", epochs: Optional[int] = None, serve: bool = True,
 
   Returns:
     A dict with `plot` (path), `export_dir`, `check` (the `CheckResult`), `grid`, `mean`,
-    `stddev` (predictive on a grid over [-4, 4]) and, when serving, `url`, `request`, `response`.
+    `stddev`, `epistemic_stddev` (the served predictive on a grid over [-4, 4]) and, when
+    serving, `url`, `request`, `response`.
   """
   if epochs is not None and epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}.")
@@ -102,10 +103,9 @@ def run(output_dir: str = ".", epochs: Optional[int] = None, serve: bool = True,
       print(f"[{time.monotonic() - start:5.1f}s] {msg}", flush=True)
 
   say("Importing TensorFlow ...")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   import tfp_ext.optimizers  # pylint: disable=g-import-not-at-top
-  import tfp_ext.posterior  # pylint: disable=g-import-not-at-top
   import tfp_ext.serving  # pylint: disable=g-import-not-at-top
 
   x, y = make_gap_data(num_examples, seed)
@@ -129,25 +129,27 @@ def run(output_dir: str = ".", epochs: Optional[int] = None, serve: bool = True,
 
   say(f"[2/6] Training a {model.count_params()}-weight MLP with Vadam for {epochs} epochs "
       "(XLA) ...")
-  model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True, callbacks=[_Progress()])
+  model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
+            callbacks=[_Progress()])
   posterior = opt.posterior()
 
+  base = os.path.join(output_dir, "serving", "models", MODEL_NAME)
+  export_dir = tfp_ext.serving.export(model, posterior, base, num_samples=32,
+                                      task="regression", noise_stddev=NOISE_STDDEV, seed=seed)
+  say(f"[3/6] Exported to {export_dir}")
+
+  # The plot shows exactly what is served: the exported signature on a grid.
+  served = tf.saved_model.load(export_dir).signatures["serving_default"]
   grid = np.linspace(-4.0, 4.0, 161, dtype=np.float32)
-  pred = tfp_ext.posterior.predictive(model, posterior, grid[:, None], num_samples=32, seed=seed,
-                                      noise_stddev=NOISE_STDDEV)
+  pred = served(x=tf.constant(grid[:, None]))
   mean, stddev = pred["mean"].numpy()[:, 0], pred["stddev"].numpy()[:, 0]
   plot = os.path.join(output_dir, "quickstart.png")
   os.makedirs(output_dir, exist_ok=True)
   _plot(plot, x, y, grid, mean, stddev)
   in_gap = np.abs(grid) < 0.5
   on_data = (np.abs(grid) > 1.5) & (np.abs(grid) < 2.5)
-  say(f"[3/6] Wrote {plot}: predictive stddev {stddev[on_data].mean():.3f} on the data, "
+  say(f"[4/6] Wrote {plot}: predictive stddev {stddev[on_data].mean():.3f} on the data, "
       f"{stddev[in_gap].mean():.3f} in the gap.")
-
-  base = os.path.join(output_dir, "serving", "models", MODEL_NAME)
-  export_dir = tfp_ext.serving.export(model, posterior, base, num_samples=32,
-                                      task="regression", noise_stddev=NOISE_STDDEV, seed=seed)
-  say(f"[4/6] Exported to {export_dir}")
 
   say("[5/6] Checking the export as tensorflow_model_server loads it ...")
   result = tfp_ext.serving.check(export_dir)
@@ -156,7 +158,7 @@ def run(output_dir: str = ".", epochs: Optional[int] = None, serve: bool = True,
   if not result.ok:
     raise RuntimeError(f"The export failed the serving check:\n{result.summary()}")
   out = {"plot": plot, "export_dir": export_dir, "check": result, "grid": grid, "mean": mean,
-         "stddev": stddev}
+         "stddev": stddev, "epistemic_stddev": pred["epistemic_stddev"].numpy()[:, 0]}
   if not serve:
     say("Done.")
     return out

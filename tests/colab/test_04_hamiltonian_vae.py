@@ -19,7 +19,9 @@ def test_notebook_runs(tmp_path):
       assert err < 0.1 * start, (method, err, start)
   elbo = results["elbo_history"]
   assert elbo[-1] > elbo[0], elbo
-  # Importance sampling with S = 50 HVAE samples is a tighter bound than the ELBO: on 297
-  # test digits the mean NLL must sit below the mean -ELBO (Jensen; the gap is O(1) nats).
-  assert results["test_nll"] < results["test_neg_elbo"], results
+  # Importance sampling with S = 200 HVAE samples is a tighter bound than the ELBO (Jensen), so
+  # the mean NLL over the 297 test digits must not exceed the mean -ELBO (independent samples)
+  # by more than 4 standard errors of the latter (one-sided false-alarm rate 3e-5); a wrong
+  # log-weight (a missing log-det or momentum term) shifts it by a nat or more here.
+  assert results["test_nll"] < results["test_neg_elbo"] + 4 * results["test_elbo_se"], results
   assert math.isfinite(results["test_nll"])

@@ -112,6 +112,6 @@ def test_posterior_and_serialization():
 def test_variational_model_errors():
   with pytest.raises(TypeError, match="tf_keras.Model"):
     tfp_ext.keras.VariationalModel(lambda x: x)
-  vm = tfp_ext.keras.VariationalModel(_linear_model(3))
+  vm = tfp_ext.keras.VariationalModel(_mlp())
   with pytest.raises(ValueError, match="loss"):
     vm.compile(optimizer="sgd")

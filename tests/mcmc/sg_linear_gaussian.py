@@ -5,7 +5,7 @@ Model: w ~ N(0, P0⁻¹ I), y_i | x_i, w ~ N(x_iᵀ w, σ²). The posterior is N
 
 Every SGLD / SGLD-CV / SGHMC step on this model is a random affine map of the state z,
 
-  z' = A_B z + b_B + ξ,   ξ ~ N(0, Q),   A_B = A0 + (N/n) Σ_{i∈B} A_i,   b_B = b0 + (N/n) Σ_{i∈B} b_i,
+  z' = A_B z + b_B + ξ,  ξ ~ N(0, Q),  A_B = A0 + (N/n) Σ_{i∈B} A_i,  b_B = b0 + (N/n) Σ_{i∈B} b_i,
 
 with B a uniformly random n-subset (sampling without replacement, as the kernels do), independent
 of z. So the chain's stationary law has an exact mean m = (I − E A)⁻¹ E b and covariance C solving

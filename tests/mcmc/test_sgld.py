@@ -35,7 +35,7 @@ def _sgld(model, **kw):
 
 
 def test_minibatch_moments_match_enumeration_of_subsets():
-  # The helper's E[X_B ⊗ Y_B] against brute force over all C(6, 3) = 20 subsets.
+  # sg_linear_gaussian's E[X_B ⊗ Y_B] against brute force over all C(6, 3) = 20 subsets.
   import itertools  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x_i, y_i = rng.normal(size=(6, 2, 3)), rng.normal(size=(6, 4, 2))
@@ -61,7 +61,7 @@ def test_minibatch_indices_are_distinct_and_uniform():
 
 def test_exact_stationary_law_full_batch_matches_closed_form(model):
   # With n = N the chain is unadjusted Langevin on N(μ, Σ): stationary N(μ, (P − h P²/2)⁻¹),
-  # P = Σ⁻¹ (solve C = (I − hP) C (I − hP) + 2hI). This checks the helper used below.
+  # P = Σ⁻¹ (solve C = (I − hP) C (I − hP) + 2hI). This checks the exact-moment code used below.
   m, c = lg.stationary_moments(model.sgld_map(STEP), N, N)
   p = model.precision
   np.testing.assert_allclose(m, model.mean, rtol=1e-10)

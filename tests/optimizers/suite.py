@@ -149,12 +149,13 @@ def fit(wrapped, epochs=EPOCHS):
                      callbacks=[tfp_ext.optimizers.PosteriorMeanSwap()])
 
 
-def train(case, seed=0, init_seed=0, epochs=EPOCHS, **compile_kwargs):
-  """(model, optimizer) after `epochs` of training from a fixed initialization."""
+def train(case, seed=0, init_seed=0, epochs=EPOCHS, return_wrapped=False, **compile_kwargs):
+  """(model, optimizer[, wrapped model]) after `epochs` of training from a fixed initialization."""
   model = make_model(init_seed)
   opt = case.make(num_examples=NUM_EXAMPLES, seed=seed)
-  fit(compile_model(case, model, opt, **compile_kwargs), epochs)
-  return model, opt
+  wrapped = compile_model(case, model, opt, **compile_kwargs)
+  fit(wrapped, epochs)
+  return (model, opt, wrapped) if return_wrapped else (model, opt)
 
 
 def posterior_arrays(opt):
@@ -224,10 +225,24 @@ def check_checkpoint_resume(case, reference, tmp_path):
   assert_posteriors_close(posterior_arrays(opt2), reference["posterior"], rtol=1e-6, atol=1e-7)
 
 
+_STRATEGY = []
+
+
+def mirrored_strategy():
+  """One MirroredStrategy per process over the two logical CPUs of conftest.py.
+
+  Separate strategy instances reuse collective instance keys, so a later one whose all-reduce has
+  another shape (a VOGN model packs [2, *shape] gradients) aborts with a shape mismatch.
+  """
+  if not _STRATEGY:
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "conftest.py configures two logical CPUs"
+    _STRATEGY.append(tf.distribute.MirroredStrategy(devices))
+  return _STRATEGY[0]
+
+
 def check_mirrored_strategy(case, reference):
-  devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-  assert len(devices) == 2, "conftest.py configures two logical CPUs"
-  strategy = tf.distribute.MirroredStrategy(devices)
+  strategy = mirrored_strategy()
   with strategy.scope():
     model = make_model()
     opt = case.make(num_examples=NUM_EXAMPLES, seed=0)
@@ -312,16 +327,17 @@ def check_posterior_mean_swap(case, reference):
       on_epoch_end=lambda epoch, logs: seen.append([v.numpy() for v in variables]))
   x, y = data()
   opt.assign_mean(variables)
-  history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, shuffle=False, verbose=0,
-                      validation_data=(x, y),
-                      callbacks=[tfp_ext.optimizers.PosteriorMeanSwap(), probe])
+  wrapped = reference["wrapped"]
+  history = wrapped.fit(x, y, batch_size=BATCH_SIZE, epochs=1, shuffle=False, verbose=0,
+                        validation_data=(x, y),
+                        callbacks=[tfp_ext.optimizers.PosteriorMeanSwap(), probe])
   final_mean = [t.numpy() for t in opt.posterior().loc]
   for a, b in zip(seen[0], final_mean):
     np.testing.assert_array_equal(a, b)
   # Validation ran on μ: it equals evaluating the final μ (fit leaves μ in the model). Same
   # graph ops on the same weights; float32 rounding only.
   assert history.history["val_loss"][0] == pytest.approx(
-      model.evaluate(x, y, batch_size=BATCH_SIZE, verbose=0), rel=1e-6)
+      wrapped.evaluate(x, y, batch_size=BATCH_SIZE, verbose=0), rel=1e-6)
   with pytest.raises(ValueError, match="variational optimizer"):
     with tfp_ext.optimizers.use_posterior_mean(model, tf_keras.optimizers.Adam()):
       pass
@@ -341,6 +357,6 @@ CHECKS = [
 
 def reference_run(case):
   """The run the other checks compare against: seed 0, no XLA, one step per execution."""
-  model, opt = train(case)
-  return {"model": model, "opt": opt, "posterior": posterior_arrays(opt),
+  model, opt, wrapped = train(case, return_wrapped=True)
+  return {"model": model, "wrapped": wrapped, "opt": opt, "posterior": posterior_arrays(opt),
           "iterations": int(opt.iterations)}

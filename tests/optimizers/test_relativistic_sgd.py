@@ -1,4 +1,4 @@
-"""RelativisticSGD: exact update equations, its momentum-SGD limit, bounded steps, Keras integration."""
+"""RelativisticSGD: update equations, momentum-SGD limit, bounded steps, Keras integration."""
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ from tfp_ext.posterior import SampleEnsemble
 
 @pytest.fixture(scope="module")
 def sampled():
-  """A small classifier sampled with SGHMC through the Keras helper (module-scoped: one chain)."""
+  """A small classifier sampled with SGHMC by sample_keras_weights (module-scoped: one chain)."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(64, 3)).astype(np.float32)
   y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int32)
@@ -97,7 +97,7 @@ def test_fixed_subset_from_seed(sampled):
 
 
 def test_relativistic_hmc_chain_feeds_an_ensemble(sampled):
-  # Any kernel over the weight list works with the helper, e.g. full-batch relativistic HMC.
+  # Any kernel over the weight list works with sample_keras_weights, e.g. relativistic HMC.
   model, x, y, _, _, _ = sampled
   log_prior = tfp_ext.mcmc.keras_log_prior_fn(model)
   log_lik = tfp_ext.mcmc.keras_log_likelihood_fn(

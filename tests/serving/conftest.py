@@ -1,7 +1,5 @@
 """Exports shared by the serving tests: built once per session (exports and servers are slow)."""
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,6 +87,3 @@ def server(regression, classification, ensemble):
   yield s
   s.stop()
 
-
-def pytest_configure(config):
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -49,3 +49,12 @@ def test_corrupt_saved_model_fails_to_load(tmp_path):
   (tmp_path / "saved_model.pb").write_bytes(np.arange(64, dtype=np.uint8).tobytes())
   with pytest.raises(CheckError, match="TF_LoadSessionFromSavedModel failed"):
     check_many([str(tmp_path)])
+
+
+def test_package_names_are_the_functions():
+  # `check` and `export` are both submodules and functions: the package must expose the functions
+  # whatever was imported first.
+  import tfp_ext.serving  # pylint: disable=g-import-not-at-top
+  import tfp_ext.serving.check  # pylint: disable=g-import-not-at-top,unused-import
+  import tfp_ext.serving.export  # pylint: disable=g-import-not-at-top,unused-import
+  assert callable(tfp_ext.serving.check) and callable(tfp_ext.serving.export)

@@ -174,7 +174,10 @@ class GeneralizedInverseGaussian(tfd.AutoCompositeTensorDistribution):
     psi64 = tf.broadcast_to(tf.cast(psi, f64), shape)
     omega = tf.sqrt(chi64 * psi64)
     eta = tf.sqrt(chi64 / psi64)
-    y = _sample_standard_gig(tf.abs(lam), omega, seeds_lib.sanitize(seed, salt="gig"))
+    static_power = tf.get_static_value(power)
+    static_min = None if static_power is None else float(np.min(np.abs(static_power)))
+    y = _sample_standard_gig(tf.abs(lam), omega, seeds_lib.sanitize(seed, salt="gig"),
+                             static_min_lam=static_min)
     y = tf.where(lam < 0., 1. / y, y)
     return tf.stop_gradient(tf.cast(eta * y, self.dtype))
 
@@ -206,13 +209,17 @@ def _mode_standard(lam, omega):
       omega / (tf.sqrt(tf.square(1. - lam) + tf.square(omega)) + (1. - lam)))
 
 
-def _sample_standard_gig(lam, omega, seed):
+def _sample_standard_gig(lam, omega, seed, static_min_lam=None):
   """Exact draws of y^(lam-1) exp(-omega (y + 1/y) / 2), lam >= 0, omega > 0 (float64 tensors).
 
   Every member draws two uniforms per round and keeps its first accepted proposal; rounds repeat
   until all members have accepted. Each member uses only the proposal of its own algorithm, so the
-  three algorithms can share the uniforms.
+  three algorithms can share the uniforms. `static_min_lam`, a Python lower bound on `lam` when
+  known while tracing, leaves out the algorithms no member can use (lam >= 1: no three-piece hat;
+  lam > 2: mode shift only), which shrinks the graph, e.g. for relativistic momenta.
   """
+  needs_hat = static_min_lam is None or static_min_lam < 1.
+  needs_noshift = static_min_lam is None or static_min_lam <= 2.
   use_shift = (lam > 2.) | (omega > 3.)
   use_noshift = ~use_shift & ((lam >= 1. - 2.25 * tf.square(omega)) | (omega > 0.2))
   use_hat = ~use_shift & ~use_noshift  # Implies lam < 1 and omega <= 0.2.
@@ -258,23 +265,24 @@ def _sample_standard_gig(lam, omega, seed):
   #   [0, x0]: the mode value k0;  [x0, 2/omega]: k1 y^(lam-1) with k1 = exp(-omega) since
   #   y + 1/y >= 2;  [max(x0, 2/omega), inf): k2 exp(-omega y / 2) with
   #   k2 = max(x0, 2/omega)^(lam-1) since y^(lam-1) decreases.  x0 = omega / (1 - lam).
-  lam_h = tf.where(use_hat, lam, 0.5)
-  om_h = tf.where(use_hat, omega, 0.1)
-  xm_h = _mode_standard(lam_h, om_h)
-  x0 = om_h / (1. - lam_h)
-  two_over_om = 2. / om_h
-  k0 = tf.exp((lam_h - 1.) * tf.math.log(xm_h) - 0.5 * om_h * (xm_h + 1. / xm_h))
-  area0 = k0 * x0
-  has_mid = x0 < two_over_om
-  k1 = tf.exp(-om_h)
-  lam_safe = tf.where(lam_h > 0., lam_h, 1.)
-  area1_pow = k1 / lam_safe * (two_over_om ** lam_safe - x0 ** lam_safe)
-  area1_log = k1 * tf.math.log(two_over_om / x0)
-  area1 = tf.where(has_mid, tf.where(lam_h > 0., area1_pow, area1_log), 0.)
-  tail_start = tf.maximum(x0, two_over_om)
-  k2 = tail_start ** (lam_h - 1.)
-  area2 = k2 * 2. / om_h * tf.exp(-0.5 * om_h * tail_start)
-  area_total = area0 + area1 + area2
+  if needs_hat:
+    lam_h = tf.where(use_hat, lam, 0.5)
+    om_h = tf.where(use_hat, omega, 0.1)
+    xm_h = _mode_standard(lam_h, om_h)
+    x0 = om_h / (1. - lam_h)
+    two_over_om = 2. / om_h
+    k0 = tf.exp((lam_h - 1.) * tf.math.log(xm_h) - 0.5 * om_h * (xm_h + 1. / xm_h))
+    area0 = k0 * x0
+    has_mid = x0 < two_over_om
+    k1 = tf.exp(-om_h)
+    lam_safe = tf.where(lam_h > 0., lam_h, 1.)
+    area1_pow = k1 / lam_safe * (two_over_om ** lam_safe - x0 ** lam_safe)
+    area1_log = k1 * tf.math.log(two_over_om / x0)
+    area1 = tf.where(has_mid, tf.where(lam_h > 0., area1_pow, area1_log), 0.)
+    tail_start = tf.maximum(x0, two_over_om)
+    k2 = tail_start ** (lam_h - 1.)
+    area2 = k2 * 2. / om_h * tf.exp(-0.5 * om_h * tail_start)
+    area_total = area0 + area1 + area2
 
   def propose(u1, u2):
     # Mode shift.
@@ -282,9 +290,15 @@ def _sample_standard_gig(lam, omega, seed):
     y_shift = (u_minus + (u_plus - u_minus) * u1) / v + xm
     y_shift_safe = tf.where(y_shift > 0., y_shift, 1.)
     ok_shift = (y_shift > 0.) & (tf.math.log(v) <= log_sqrt_density(y_shift_safe))
+    if not needs_noshift:
+      return y_shift, ok_shift & tf.math.is_finite(y_shift)
     # No shift.
     y_noshift = u_max * u1 / v
     ok_noshift = tf.math.log(v) <= log_sqrt_density(y_noshift)
+    if not needs_hat:
+      y = tf.where(use_shift, y_shift, y_noshift)
+      ok = tf.where(use_shift, ok_shift, ok_noshift)
+      return y, ok & tf.math.is_finite(y)
     # Three-piece hat, inverted piece by piece.
     w = area_total * u1
     in0 = w <= area0
@@ -292,8 +306,9 @@ def _sample_standard_gig(lam, omega, seed):
     in1 = ~in0 & (w1 <= area1)
     w2 = tf.maximum(w1 - area1, 0.)
     y0 = x0 * w / area0
-    y1_pow = (x0 ** lam_safe + lam_safe / k1 * tf.clip_by_value(w1, 0., area1)) ** (1. / lam_safe)
-    y1_log = x0 * tf.exp(tf.clip_by_value(w1, 0., area1) / k1)
+    w1_mid = tf.clip_by_value(w1, 0., area1)
+    y1_pow = (x0 ** lam_safe + lam_safe / k1 * w1_mid) ** (1. / lam_safe)
+    y1_log = x0 * tf.exp(w1_mid / k1)
     y1 = tf.where(lam_h > 0., y1_pow, y1_log)
     y2 = -2. / om_h * tf.math.log(tf.exp(-0.5 * om_h * tail_start) - 0.5 * om_h / k2 * w2)
     y_hat = tf.where(in0, y0, tf.where(in1, y1, y2))

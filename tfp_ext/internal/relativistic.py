@@ -109,11 +109,15 @@ def sample_momentum(state_parts, mass, max_speed, event_ndims, mode=JOINT, seed=
   if mode == JOINT:
     x0, nd0 = state_parts[0], event_ndims[0]
     batch_shape = tf.shape(x0)[:len(x0.shape) - nd0]
-    event_sizes = [tf.reduce_prod(tf.shape(x)[len(x.shape) - nd:]) for x, nd in
-                   zip(state_parts, event_ndims)]
-    dim = tf.cast(tf.add_n(event_sizes), dtype)
+    event_shapes = [x.shape[len(x.shape) - nd:] for x, nd in zip(state_parts, event_ndims)]
+    if all(e.is_fully_defined() for e in event_shapes):
+      # A Python power lets the GIG sampler leave out algorithms unused for power >= 1.
+      dim = float(sum(e.num_elements() for e in event_shapes))
+    else:
+      dim = tf.cast(tf.add_n([tf.reduce_prod(tf.shape(x)[len(x.shape) - nd:])
+                              for x, nd in zip(state_parts, event_ndims)]), dtype)
     gig = gig_lib.GeneralizedInverseGaussian(
-        power=tf.broadcast_to(0.5 * (dim + 1.), batch_shape),
+        power=tf.cast(0.5 * (dim + 1.), dtype),
         chi=tf.broadcast_to(chi, batch_shape), psi=tf.broadcast_to(psi, batch_shape))
     scale = tf.sqrt(gig.sample(seed=mixing_seed))
     return [zi * tf.reshape(scale, tf.concat([batch_shape, tf.ones([nd], tf.int32)], 0))
@@ -122,6 +126,6 @@ def sample_momentum(state_parts, mass, max_speed, event_ndims, mode=JOINT, seed=
   out = []
   for zi, shp, s in zip(z, shapes, seeds):
     gig = gig_lib.GeneralizedInverseGaussian(
-        power=tf.ones(shp, dtype), chi=tf.broadcast_to(chi, shp), psi=tf.broadcast_to(psi, shp))
+        power=tf.constant(1., dtype), chi=tf.broadcast_to(chi, shp), psi=tf.broadcast_to(psi, shp))
     out.append(zi * tf.sqrt(gig.sample(seed=s)))
   return out

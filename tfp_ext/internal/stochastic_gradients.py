@@ -61,7 +61,7 @@ def check_data(data, batch_size):
 
 
 def minibatch_indices(seed, num_examples: int, batch_size: int):
-  """`batch_size` distinct indices in [0, num_examples), uniformly at random, from a stateless seed."""
+  """`batch_size` distinct indices in [0, num_examples), uniformly at random, from the seed."""
   u = tf.random.stateless_uniform([num_examples], seed=seed, alg=seeds.RNG_ALG)
   return tf.math.top_k(u, k=batch_size, sorted=False).indices
 

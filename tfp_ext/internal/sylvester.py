@@ -25,6 +25,7 @@ __all__ = [
     "finite_assertions",
     "constrained_triangular",
     "log_cosh",
+    "matvec",
     "log_one_plus_tanh_prime_times",
     "solve_tanh_equation",
 ]
@@ -51,6 +52,17 @@ def finite_assertions(owner: str, **tensors):
   return [tf.debugging.assert_all_finite(tf.convert_to_tensor(t),
                                          message=f"{owner}: `{arg}` has NaN or Inf entries.")
           for arg, t in tensors.items()]
+
+
+def matvec(matrix: tf.Tensor, vec: tf.Tensor, transpose_a: bool = False) -> tf.Tensor:
+  """`tf.linalg.matvec`, as one matrix product when `matrix` is a single (unbatched) matrix.
+
+  `tf.linalg.matvec([M, M], [N, M])` broadcasts the matrix to `[N, M, M]` and runs N tiny
+  products; `vec @ matrix^T` is a single GEMM.
+  """
+  if matrix.shape.rank == 2 and vec.shape.rank is not None and vec.shape.rank >= 2:
+    return tf.linalg.matmul(vec, matrix, transpose_b=not transpose_a)
+  return tf.linalg.matvec(matrix, vec, transpose_a=transpose_a)
 
 
 def log_cosh(x: tf.Tensor) -> tf.Tensor:
@@ -184,10 +196,10 @@ class SylvesterBase(tfb.AutoCompositeTensorBijector):
   """
 
   def _to_v(self, z: tf.Tensor) -> tf.Tensor:
-    return tf.linalg.matvec(self._q(), z, transpose_a=True)
+    return matvec(self._q(), z, transpose_a=True)
 
   def _from_v(self, v: tf.Tensor) -> tf.Tensor:
-    return tf.linalg.matvec(self._q(), v)
+    return matvec(self._q(), v)
 
   def _q(self) -> tf.Tensor:
     raise NotImplementedError
@@ -213,15 +225,15 @@ class SylvesterBase(tfb.AutoCompositeTensorBijector):
     self._check_event(x)
     r1, r2, _, _ = self._triangular_factors()
     v = self._to_v(x)
-    h = tf.math.tanh(tf.linalg.matvec(r2, v) + self._b)
-    return x + self._from_v(tf.linalg.matvec(r1, h))
+    h = tf.math.tanh(matvec(r2, v) + self._b)
+    return x + self._from_v(matvec(r1, h))
 
   def _forward_log_det_jacobian(self, x):
     self._check_event(x)
     r2, _ = constrained_triangular(tf.convert_to_tensor(self._r2))
     raw_d1 = diag_part(tf.convert_to_tensor(self._r1))
     raw_d2 = diag_part(tf.convert_to_tensor(self._r2))
-    preact = tf.linalg.matvec(r2, self._to_v(x)) + self._b
+    preact = matvec(r2, self._to_v(x)) + self._b
     # det(I_D + Q R1 diag(h') R2 Q^T) = det(I_M + diag(h') R2 R1) (Sylvester's determinant
     # identity); R2 R1 is upper triangular with diagonal R1_ii R2_ii, so the log-det is a sum.
     return tf.reduce_sum(log_one_plus_tanh_prime_times(
@@ -254,7 +266,7 @@ class SylvesterBase(tfb.AutoCompositeTensorBijector):
 
     _, _, h = tf.while_loop(lambda i, v, h: i >= 0, body, (tf.constant(m - 1), zeros, zeros),
                             maximum_iterations=m)
-    return y - self._from_v(tf.linalg.matvec(r1, h))
+    return y - self._from_v(matvec(r1, h))
 
   def _num_columns(self) -> int:
     m = tf.compat.dimension_value(self._b.shape[-1])

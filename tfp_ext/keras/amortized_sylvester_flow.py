@@ -34,7 +34,9 @@ class AmortizedSylvesterFlow(tf_keras.layers.Layer):
   * `"triangular"`: `TriangularSylvester`, `flip=True` on every other layer, `2D^2 + D` per layer.
 
   Any value the dense layer outputs gives an invertible flow (the bijectors constrain their
-  parameters), so no output activation is needed. The initial weights are scaled by
+  parameters), so no output activation is needed. For `"orthogonal"`, `q` is the dense output
+  plus the first `M` columns of the identity, so that a zero output gives `Q = I[:, :M]` rather
+  than a rank-deficient `q` (whose orthogonalization has no gradient). The initial weights are scaled by
   `init_scale` so that the flow starts close to the identity.
 
   `call((h, z0))` returns `(z_K, log_det)` with `log_det = sum_k log|det dz_k/dz_{k-1}|`
@@ -145,6 +147,10 @@ class AmortizedSylvesterFlow(tf_keras.layers.Layer):
         params[name] = tf.reshape(piece, tf.concat([batch, shape], 0)
                                   if tf.is_tensor(batch) else batch + list(shape))
         offset += size
+      if self.flow_type == "orthogonal":
+        # q = I[:, :M] + output: a zero output (dead ReLU features, zero bias at init) would be
+        # rank-deficient, where the QR factor has no gradient; the offset makes it the identity.
+        params["q"] += tf.eye(self.event_size, self.num_columns, dtype=params["q"].dtype)
       layers.append(self._make(params, k))
     return layers
 

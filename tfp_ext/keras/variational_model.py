@@ -166,7 +166,7 @@ class VariationalModel(tf_keras.Model):
       raise ValueError("Compile the VariationalModel (with a per-example loss) first.")
     variables = self.model.trainable_variables
     weights = None if sample_weight is None else tf.reshape(sample_weight, [-1])
-    with tf.GradientTape(persistent=curvature is not None) as tape:
+    with tf.GradientTape() as tape:
       y_pred = self.model(x, training=True)
       y = _align_targets(y, y_pred)
       raw_losses = _reduce_to_examples(tf.convert_to_tensor(self._example_loss(y, y_pred)))
@@ -178,15 +178,11 @@ class VariationalModel(tf_keras.Model):
     grads = tape.gradient(loss, variables)
     curvatures = None
     if curvature == PER_EXAMPLE_SQUARED_GRADIENTS:
-      per_example = tape.jacobian(raw_losses, variables, experimental_use_pfor=True)
-      if weights is None:
-        curvatures = [tf.reduce_sum(tf.square(g), axis=0) / batch for g in per_example]
-      else:
-        w = tf.cast(weights, raw_losses.dtype)
-        curvatures = [tf.tensordot(w, tf.square(g), axes=1) / batch for g in per_example]
+      curvatures = self._squared_gradients(x, y, weights, variables)
     elif curvature == GGN:
-      curvatures = [c / batch for c in
-                    self._ggn_diagonal(tape, y, y_pred, weights, variables)]
+      curvatures = self._ggn_diagonal(x, y, y_pred, weights, variables)
+    if curvatures is not None:
+      curvatures = [c / batch for c in curvatures]
     del tape
     grads = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v)
              for g, v in zip(grads, variables)]
@@ -215,7 +211,40 @@ class VariationalModel(tf_keras.Model):
     results["loss"] = loss
     return results
 
-  def _ggn_diagonal(self, tape, y, y_pred, weights, variables):
+  def _per_example_map(self, fn, x, elems, variables):
+    """Σᵢ fn(model at example i, elems[i]) over the batch, vectorized with `tf.vectorized_map`.
+
+    Each example runs the model on a batch of one, so pfor turns the per-example backward passes
+    into batched ones: O(B) work. (A Jacobian of the [B] loss vector would instead backpropagate
+    every row through the whole batch, O(B²).)
+    """
+    def one(args):
+      xi, ei = args
+      xi = tf.nest.map_structure(lambda t: t[tf.newaxis], xi)
+      return fn(xi, ei)
+
+    per_example = tf.vectorized_map(one, (x, elems), fallback_to_while_loop=True, warn=False)
+    return [tf.reduce_sum(c, axis=0) for c in per_example]
+
+  def _squared_gradients(self, x, y, weights, variables):
+    """Σᵢ wᵢ gᵢ², one tensor per variable."""
+    y = tf.convert_to_tensor(y)
+    if weights is None:
+      weights = tf.ones(tf.shape(y)[:1])
+
+    def fn(xi, e):
+      yi, wi = e
+      with tf.GradientTape() as tape:
+        pred = self.model(xi, training=True)
+        li = tf.reduce_sum(_reduce_to_examples(tf.convert_to_tensor(
+            self._example_loss(_align_targets(yi[tf.newaxis], pred), pred))))
+      grads = tape.gradient(li, variables)
+      return [tf.cast(wi, v.dtype) * tf.square(g) if g is not None else tf.zeros_like(v)
+              for g, v in zip(grads, variables)]
+
+    return self._per_example_map(fn, x, (y, weights), variables)
+
+  def _ggn_diagonal(self, x, y, y_pred, weights, variables):
     """Σᵢ wᵢ diag(Jᵢᵀ Hᵢ Jᵢ) over the batch, one tensor per variable."""
     num_outputs = y_pred.shape[1:].num_elements()
     if num_outputs is None:
@@ -235,14 +264,18 @@ class VariationalModel(tf_keras.Model):
     if weights is not None:
       hess *= tf.cast(tf.reshape(weights, [-1, 1, 1]), hess.dtype)
     # Hᵢ = Uᵢ Uᵢᵀ with Uᵢ = Vᵢ √max(Λᵢ, 0); then diag(JᵀHJ) = Σ_c (Jᵀ u_c)², and Jᵀ u_c is the
-    # per-example gradient of the scalar u_c · f (u_c held constant): one Jacobian per output.
+    # gradient of the scalar u_c · f (u_c held constant): one backward pass per output.
     evals, evecs = tf.linalg.eigh(0.5 * (hess + tf.linalg.matrix_transpose(hess)))
     factors = tf.stop_gradient(evecs * tf.sqrt(tf.maximum(evals, 0.))[:, tf.newaxis, :])
-    sums = [tf.zeros_like(v) for v in variables]
-    for c in range(num_outputs):
-      with tape:  # Re-entering the persistent tape records the projection onto y_pred.
-        outputs = tf.reshape(y_pred, [-1, num_outputs])
-        projected = tf.reduce_sum(outputs * factors[:, :, c], axis=-1)  # [B]
-      jac = tape.jacobian(projected, variables, experimental_use_pfor=True)
-      sums = [s + tf.reduce_sum(tf.square(j), axis=0) for s, j in zip(sums, jac)]
-    return sums
+
+    def fn(xi, u):  # u: [K, K], column c is u_c.
+      with tf.GradientTape(persistent=True) as tape:
+        out = tf.reshape(self.model(xi, training=True), [num_outputs])
+        projections = [tf.reduce_sum(out * u[:, c]) for c in range(num_outputs)]
+      sums = [tf.zeros_like(v) for v in variables]
+      for p in projections:
+        grads = tape.gradient(p, variables)
+        sums = [s + tf.square(g) if g is not None else s for s, g in zip(sums, grads)]
+      return sums
+
+    return self._per_example_map(fn, x, factors, variables)

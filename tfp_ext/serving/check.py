@@ -13,6 +13,9 @@ This module does the same through TF's C API from the shared library shipped in 
 4. `TF_SessionRun` each signature on a dummy batch and verify every output is batch-first with the
    dummy batch size and finite.
 
+The child runs this file as a script and imports only TF's generated protos, not TF's Python
+runtime, so it is a plain C API client like the server (and starts in about a second).
+
 Python's eager `tf.saved_model.load` is not used: it is a different loader, and it would run an
 XLA-compiled signature happily where TF Serving fails with "XLA compilation disabled".
 """
@@ -29,7 +32,8 @@ __all__ = ["check", "check_many", "CheckError", "CheckResult", "SignatureReport"
 
 _DUMMY_BATCH = 3
 _MARKER = "TFP_EXT_CHECK_RESULT "
-_XLA_DISABLED_SYMBOL = "_ZN10tensorflow21DisableXlaCompilationEv"  # tensorflow::DisableXlaCompilation()
+# The mangled name of `void tensorflow::DisableXlaCompilation()`.
+_XLA_DISABLED_SYMBOL = "_ZN10tensorflow21DisableXlaCompilationEv"
 
 
 class CheckError(RuntimeError):
@@ -288,7 +292,9 @@ def check_many(export_dirs: Sequence[str], xla_cpu_compilation_enabled: bool = F
                        "serving/models/NAME/1.")
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  cmd = [sys.executable, "-m", "tfp_ext.serving.check"]
+  # Run as a script, not `-m tfp_ext.serving.check`: the package would import TF's Python runtime,
+  # and the child must be a plain C API client.
+  cmd = [sys.executable, os.path.abspath(__file__)]
   if xla_cpu_compilation_enabled:
     cmd.append("--xla")
   cmd += ["--worker"] + export_dirs
@@ -330,6 +336,10 @@ def check(export_dir: str, xla_cpu_compilation_enabled: bool = False,
 
 
 if __name__ == "__main__":
+  # Run as a script, this directory is sys.path[0]; drop it so `server.py` & co. cannot shadow
+  # anything imported below.
+  if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
   _args = sys.argv[1:]
   _xla = "--xla" in _args
   _args = [a for a in _args if a != "--xla"]

@@ -123,7 +123,8 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
   ```
   """
   if not isinstance(posterior, WeightPosterior):
-    raise TypeError(f"posterior must be a tfp_ext.posterior.WeightPosterior, got {type(posterior)}.")
+    raise TypeError("posterior must be a tfp_ext.posterior.WeightPosterior, got "
+                    f"{type(posterior)}.")
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
   if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)

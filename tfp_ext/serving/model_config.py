@@ -12,7 +12,8 @@ from typing import List
 
 __all__ = ["ModelConfig", "parse_model_config", "read_model_config_file"]
 
-_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')'
+_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)'
+                    r'|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')'
                     r"|(-?[0-9]+)|([{}:<>;,]))")
 
 

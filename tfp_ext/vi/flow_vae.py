@@ -136,11 +136,14 @@ class FlowVAE(tf_keras.Model):
                                          num_columns=num_columns,
                                          num_householder=num_householder, name="flow")
     elif posterior == "iaf":
-      small = tf_keras.initializers.VarianceScaling(0.01, mode="fan_avg", distribution="uniform")
+      # Small initial weights start the IAF near the identity; one seeded initializer per layer
+      # (a shared unseeded instance would give every layer the same initial weights).
       self.made = [tfb.AutoregressiveNetwork(
           params=2, event_shape=[latent_size], hidden_units=list(self.iaf_hidden_units),
           conditional=True, conditional_event_shape=[self.iaf_context_size], activation="elu",
-          kernel_initializer=small, name=f"made_{k}") for k in range(num_flows)]
+          kernel_initializer=tf_keras.initializers.VarianceScaling(
+              0.01, mode="fan_avg", distribution="uniform", seed=self.seed * 1000 + k),
+          name=f"made_{k}") for k in range(num_flows)]
       self.context_head = tf_keras.layers.Dense(self.iaf_context_size, activation="elu",
                                                 name="context")
     self.loss_tracker = tf_keras.metrics.Mean(name="loss")
