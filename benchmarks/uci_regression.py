@@ -97,6 +97,9 @@ def run_split(name, split, epochs, seed=0):
     else:
       model, target, opt = _variational(method, d, n, noise_var, epochs, seed)
       _fit(target, s.x_train, s.y_train, epochs, seed)
+      if not all(np.isfinite(v.numpy()).all() for v in model.trainable_variables):
+        out[method] = (float("nan"), float("nan"))  # Diverged: reported, not hidden.
+        continue
       preds = tfp_ext.posterior.predictive_samples(
           model, opt.posterior(model.trainable_variables), tf.constant(s.x_test),
           PRED_SAMPLES, seed=(seed, 1)).numpy()[:, :, 0]
@@ -114,9 +117,14 @@ def main(quick: bool = False) -> None:
   else:
     plan = {name: _datasets.uci_num_splits(name) for name in ("bostonHousing", "concrete",
                                                                 "energy", "yacht")}
+  run(plan)
+
+
+def run(plan: dict) -> None:
+  """Runs the protocol on `plan` = {dataset name: number of splits} and prints the table."""
   print(f"UCI regression, {HIDDEN} ReLU units, batch {BATCH_SIZE}, epochs from n_epochs.txt, "
         f"{PRED_SAMPLES} predictive samples; splits: {plan}")
-  print(f"| dataset | splits | method | test RMSE | test log-lik | RMSE / BBVI | seconds |")
+  print(f"| dataset | splits (finite/run) | method | test RMSE | test log-lik | RMSE / BBVI | seconds |")
   print("|---|---|---|---|---|---|---|")
   for name, num_splits in plan.items():
     epochs = int(np.loadtxt(_datasets.UCI_DIR / name / "n_epochs.txt"))
@@ -126,10 +134,15 @@ def main(quick: bool = False) -> None:
       for method, r in run_split(name, split, epochs, seed=split).items():
         results[method].append(r)
     seconds = time.time() - t0
-    base = _datasets.mean_and_stderr([r[0] for r in results["BBVI"]])[0]
+    finite = lambda rs, k: [r[k] for r in rs if np.isfinite(r[k])]
+    base = _datasets.mean_and_stderr(finite(results["BBVI"], 0))[0]
     for method in METHODS:
-      rmse = _datasets.mean_and_stderr([r[0] for r in results[method]])
-      ll = _datasets.mean_and_stderr([r[1] for r in results[method]])
-      print(f"| {name} | {num_splits} | {method} | {rmse[0]:.3f} ± {rmse[1]:.3f} | "
+      ok = len(finite(results[method], 0))
+      if not ok:
+        print(f"| {name} | 0/{num_splits} | {method} | diverged | diverged | — | {seconds:.0f} |")
+        continue
+      rmse = _datasets.mean_and_stderr(finite(results[method], 0))
+      ll = _datasets.mean_and_stderr(finite(results[method], 1))
+      print(f"| {name} | {ok}/{num_splits} | {method} | {rmse[0]:.3f} ± {rmse[1]:.3f} | "
             f"{ll[0]:.3f} ± {ll[1]:.3f} | {rmse[0] / base:.2f} | {seconds:.0f} (all methods) |",
             flush=True)

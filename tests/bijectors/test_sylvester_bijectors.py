@@ -172,12 +172,11 @@ def test_inverse_jacobian_is_inverse_matrix(make):
              tf.constant([3, 4]), 1.0)
   d = 3 if make is not cases.make_orthogonal else 4
   x = tf.constant(_rand(20, 5, d))
-  y = bij.forward(x)
   with tf.GradientTape(persistent=True) as tape:
     tape.watch(x)
     fwd = bij.forward(x)
   j_fwd = tape.batch_jacobian(fwd, x, experimental_use_pfor=False)
-  y_fresh = tf.identity(y)
+  y_fresh = tf.identity(fwd)  # a new tensor: the bijector cache cannot answer the inverse
   with tf.GradientTape(persistent=True) as tape:
     tape.watch(y_fresh)
     inv = bij.inverse(y_fresh)

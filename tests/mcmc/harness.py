@@ -14,11 +14,11 @@ API:
   same `num_results` trace it once; `chain_fn(...)` returns that function of the seed.
 * `assert_reproducible(kernel, init_state, ...)`: the same seed gives bit-identical samples twice,
   a different seed gives different samples.
-* `assert_jit_compiles(kernel, init_state, ...)`: the chain runs under
-  `tf.function(jit_compile=True)`, is finite, is reproducible from its seed under XLA, and keeps
-  the state's shapes. (TF's stateless Philox kernels draw different numbers under XLA
-  than in graph mode on CPU, so XLA and graph chains are compared in law, not elementwise: run a
-  moment or KS check on the XLA samples for that.)
+* `assert_jit_compiles(kernel, init_state, num_results=3, seed=(1, 2), num_burnin_steps=0)`:
+  the chain runs under `tf.function(jit_compile=True)`, is finite, is reproducible from its seed
+  under XLA, and keeps the state's shapes; returns the XLA samples. (TF's stateless Philox kernels
+  draw different numbers under XLA than in graph mode on CPU, so XLA and graph chains can only be
+  compared in law, not elementwise: run moment or KS checks on the returned samples.)
 * `assert_state_structure(kernel, init_state, ...)`: the samples keep the list structure, dtype and
   per-part shapes of `init_state` (with a leading `num_results` axis) and are finite.
 * `assert_batch_of_chains(kernel, init_state, ...)`: with a batch of identical starting points the
@@ -27,8 +27,8 @@ API:
 * `assert_preserves_target(kernel, exact_draws, fresh_draws, seed, alpha=1e-3)`: one kernel step
   from exact draws of the target must again be distributed as the target (TFP's invariance test):
   a two-sample Kolmogorov-Smirnov test per coordinate of every part against independent exact
-  `fresh_draws`, Bonferroni-corrected over coordinates. Returns the smallest p-value, so a test
-  can also assert that a deliberately wrong kernel or target fails.
+  `fresh_draws`, Bonferroni-corrected over coordinates. Returns the smallest p-value; a test
+  shows the check has power by expecting its `AssertionError` for a deliberately wrong target.
 """
 
 import numpy as np
@@ -104,10 +104,11 @@ def assert_reproducible(kernel, init_state, num_results=3, seed=(1, 2), other_se
   return a
 
 
-def assert_jit_compiles(kernel, init_state, num_results=3, seed=(1, 2)):
+def assert_jit_compiles(kernel, init_state, num_results=3, seed=(1, 2), num_burnin_steps=0):
   """The chain XLA-compiles, is finite and seed-reproducible under XLA. Returns the XLA samples."""
-  xla, xla_trace = run_chain(kernel, init_state, num_results, seed, jit_compile=True)
-  again, _ = run_chain(kernel, init_state, num_results, seed, jit_compile=True)
+  xla, xla_trace = run_chain(kernel, init_state, num_results, seed, num_burnin_steps,
+                             jit_compile=True)
+  again, _ = run_chain(kernel, init_state, num_results, seed, num_burnin_steps, jit_compile=True)
   for i, (px, pa, x) in enumerate(zip(_parts(xla), _parts(again), _parts(init_state))):
     if not np.all(np.isfinite(px)):
       raise AssertionError(f"state part {i}: XLA chain is not finite")
@@ -157,8 +158,8 @@ def assert_preserves_target(kernel, exact_draws, fresh_draws, seed=(5, 6), alpha
   `exact_draws` and `fresh_draws` are independent exact samples of the target, each a tensor or
   list of tensors with the draws along the batch-of-chains axes. Each coordinate of each part is
   tested; the smallest p-value must exceed `alpha / number_of_coordinates` (Bonferroni), so the
-  family-wise false-alarm rate is at most `alpha`. Returns that smallest p-value (so a test can
-  check that a deliberately wrong kernel falls below the threshold, with `alpha=0`).
+  family-wise false-alarm rate is at most `alpha`. Returns that smallest p-value; a deliberately
+  wrong kernel or target must make this raise (test that too, to show the check has power).
   """
 
   @tf.function(autograph=False)

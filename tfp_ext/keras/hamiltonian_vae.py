@@ -168,10 +168,10 @@ class HamiltonianVAE(tf_keras.Model):
 
   def likelihood_distribution(self, z, training=None) -> tfd.Distribution:
     """`p(x | z)` for latents `z` of shape [..., l]: batch shape [...], event shape of x."""
-    lead = tf.shape(z)[:-1]
+    leading = tf.shape(z)[:-1]
     out = self.decoder(tf.reshape(z, [-1, self.latent_size]), training=training)
     event_shape = out.shape[1:]
-    out = tf.reshape(out, tf.concat([lead, tf.shape(out)[1:]], 0))
+    out = tf.reshape(out, tf.concat([leading, tf.shape(out)[1:]], 0))
     if self.likelihood == "bernoulli":
       base = tfd.Bernoulli(logits=out, dtype=out.dtype)
     else:
