@@ -114,21 +114,6 @@ class HouseholderSylvester(sylvester.SylvesterBase):
     """The reflection vectors `v_k`, `[..., H, D]`."""
     return self._householder_vectors
 
-  @property
-  def r1(self):
-    """The raw `r1` (upper triangle used, diagonal through tanh)."""
-    return self._r1
-
-  @property
-  def r2(self):
-    """The raw `r2` (upper triangle used, diagonal through tanh)."""
-    return self._r2
-
-  @property
-  def b(self):
-    """The bias `b`."""
-    return self._b
-
   def orthonormal_matrix(self) -> tf.Tensor:
     """The `[..., D, D]` orthogonal `Q = H_1 ... H_H` (formed explicitly; the map never does)."""
     v = tf.convert_to_tensor(self._householder_vectors)

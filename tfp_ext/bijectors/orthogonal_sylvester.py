@@ -114,21 +114,6 @@ class OrthogonalSylvester(sylvester.SylvesterBase):
     """The raw (not yet orthogonalized) `q`, `[..., D, M]`."""
     return self._q_param
 
-  @property
-  def r1(self):
-    """The raw `r1` (upper triangle used, diagonal through tanh)."""
-    return self._r1
-
-  @property
-  def r2(self):
-    """The raw `r2` (upper triangle used, diagonal through tanh)."""
-    return self._r2
-
-  @property
-  def b(self):
-    """The bias `b`."""
-    return self._b
-
   def orthonormal_matrix(self) -> tf.Tensor:
     """The `[..., D, M]` matrix `Q` with orthonormal columns used by the map."""
     q, r = tf.linalg.qr(tf.convert_to_tensor(self._q_param))

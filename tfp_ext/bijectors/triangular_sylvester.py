@@ -99,21 +99,6 @@ class TriangularSylvester(sylvester.SylvesterBase):
         b=parameter_properties.ParameterProperties(event_ndims=1))
 
   @property
-  def r1(self):
-    """The raw `r1` (upper triangle used, diagonal through tanh)."""
-    return self._r1
-
-  @property
-  def r2(self):
-    """The raw `r2` (upper triangle used, diagonal through tanh)."""
-    return self._r2
-
-  @property
-  def b(self):
-    """The bias `b`."""
-    return self._b
-
-  @property
   def flip(self) -> bool:
     """Whether `Q` reverses the coordinates."""
     return self._flip

@@ -195,6 +195,21 @@ class SylvesterBase(tfb.AutoCompositeTensorBijector):
   use, so variables can be passed and trained.
   """
 
+  @property
+  def r1(self):
+    """The raw `r1` (upper triangle used, diagonal through tanh)."""
+    return self._r1
+
+  @property
+  def r2(self):
+    """The raw `r2` (upper triangle used, diagonal through tanh)."""
+    return self._r2
+
+  @property
+  def b(self):
+    """The bias `b`."""
+    return self._b
+
   def _to_v(self, z: tf.Tensor) -> tf.Tensor:
     return matvec(self._q(), z, transpose_a=True)
 
