@@ -162,3 +162,16 @@ def test_bad_arguments(tmp_path):
   with pytest.raises(TypeError, match="WeightPosterior"):
     export(model, [v.numpy() for v in model.trainable_variables], str(tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+def test_materialized_samples_give_the_same_answers(regression, tmp_path):
+  path = export(regression.model, regression.posterior, str(tmp_path / "m"),
+                num_samples=REG_SAMPLES, noise_stddev=REG_NOISE, seed=3, materialize_samples=True)
+  names = [n for n, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))]
+  # The export stores the drawn samples, not the posterior's parameters.
+  assert any("posterior/_samples" in n for n in names)
+  assert not any("posterior/_loc" in n for n in names)
+  got = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(X))
+  want = regression.signature()(x=tf.constant(X))
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfp_ext.internal import seeds
 from tfp_ext.posterior.predictive import TASKS
+from tfp_ext.posterior.sample_ensemble import SampleEnsemble
 from tfp_ext.posterior.predictive import predictive_samples
 from tfp_ext.posterior.predictive import summarize
 from tfp_ext.posterior.weight_posterior import WeightPosterior
@@ -29,6 +30,7 @@ INPUT_NAME = "x"
 # Temporary export directories start with a dot and are not numbers: TF Serving's file system
 # poller (and `tfp_ext.serving.Server`) only consider all-digit directory names as versions.
 TEMP_PREFIX = ".tmp-export-"
+_SEED_SALT = "tfp_ext.serving.export"
 _VERSION_RE = re.compile(r"^[0-9]+$")
 
 
@@ -40,7 +42,7 @@ class _PredictiveModule(tf.Module):
     self.model = model
     self.posterior = posterior
     # Stored as a variable so the seed is part of the export, visible and fixed.
-    self.seed = tf.Variable(seeds.sanitize(seed, salt="tfp_ext.serving.export"),
+    self.seed = tf.Variable(seeds.sanitize(seed, salt=_SEED_SALT),
                             trainable=False, name="predictive_seed")
     self._num_samples = num_samples
     self._task = task
@@ -81,7 +83,7 @@ def _next_version(export_base_dir: str) -> int:
 
 def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples: Optional[int] = 32,
            task: str = "regression", noise_stddev: float = 0.0, version: Optional[int] = None,
-           seed: int = 0, xla_signature: bool = False) -> str:
+           seed: int = 0, xla_signature: bool = False, materialize_samples: bool = False) -> str:
   """Writes `export_base_dir/<version>/`, a SavedModel serving the posterior predictive.
 
   Signature `serving_default` takes one float input `x` (batch first) and returns batch-first
@@ -106,6 +108,11 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
     seed: the fixed stateless seed of the in-graph weight samples.
     xla_signature: also add an XLA-compiled signature `serving_xla` (same outputs), for servers
       started with `--xla_cpu_compilation_enabled`; a stock server fails on it.
+    materialize_samples: draw the `num_samples` weight samples once, now, and store them in the
+      export (as a `SampleEnsemble`) instead of the posterior's parameters. The answers are the
+      same (same seed, same samples); each request then skips drawing S×P normals, which is most
+      of the cost of a small request, and the SavedModel holds S copies of the weights instead
+      of two. Worth it unless S × (model size) is too large to load.
 
   Returns:
     The path of the written version directory.
@@ -139,6 +146,10 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
     raise ValueError(f"version must be a positive int, got {version!r}.")
   posterior.check_compatible(model.trainable_variables)
   spec = _input_spec(model)
+  if materialize_samples:
+    posterior = SampleEnsemble(posterior.predictive_weights(
+        num_samples, seeds.sanitize(seed, salt=_SEED_SALT)))
+    num_samples = None
 
   os.makedirs(export_base_dir, exist_ok=True)
   if version is None:
