@@ -175,3 +175,17 @@ def test_materialized_samples_give_the_same_answers(regression, tmp_path):
   want = regression.signature()(x=tf.constant(X))
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+def test_sample_ensemble_fixed_subset(ensemble, tmp_path):
+  path = export(ensemble.model, ensemble.posterior, str(tmp_path / "subset"), num_samples=3,
+                seed=4, xla_signature=True)
+  loaded = tf.saved_model.load(path)
+  chosen = ensemble.posterior.predictive_weights(3, seeds.sanitize(4, salt="tfp_ext.serving.export"))
+  f = _forward([w.numpy() for w in chosen], X)
+  # Three distinct members of the five.
+  assert len({tuple(np.ravel(w)) for w in chosen[0].numpy()}) == 3
+  for name in ("serving_default", "serving_xla"):
+    out = loaded.signatures[name](x=tf.constant(X))
+    np.testing.assert_allclose(out["mean"], f.mean(0), atol=1e-5)
+    np.testing.assert_allclose(out["stddev"], f.std(0), atol=1e-5)

@@ -117,6 +117,9 @@ class SampleEnsemble(WeightPosterior):
       raise ValueError(f"num_samples must be None or an int in [1, {self._num_members}] (the "
                        f"ensemble's size), got {num_samples!r}.")
     seed = seeds.sanitize(seed, salt="SampleEnsemble")
-    u = tf.random.stateless_uniform([self._num_members], seed=seed, alg=seeds.RNG_ALG)
-    idx = tf.math.top_k(u, k=num_samples).indices
+    # Rank raw Philox bits, not floats: the bits are the same with and without XLA (the
+    # bits-to-float conversion is not), so a compiled and a plain signature pick the same members.
+    bits = tf.random.stateless_uniform([self._num_members], seed=seed, minval=None, maxval=None,
+                                       dtype=tf.uint32, alg=seeds.RNG_ALG)
+    idx = tf.math.top_k(tf.cast(bits, tf.float64), k=num_samples).indices
     return [tf.gather(v, idx) for v in self._samples]
