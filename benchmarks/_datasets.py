@@ -20,7 +20,8 @@ UCI_DIR = DATA_ROOT / "uci"
 AUSTRALIAN_DIR = DATA_ROOT / "classification" / "australian_presplit"
 
 __all__ = ["DATA_ROOT", "UciSplit", "uci_names", "uci_num_splits", "load_uci", "load_australian",
-           "gaussian_mixture_log_likelihood", "mean_and_stderr", "bernoulli_metrics"]
+           "gaussian_mixture_log_likelihood", "mean_and_stderr", "bernoulli_metrics",
+           "one_hidden_layer_mlp"]
 
 
 def _require(path: pathlib.Path) -> pathlib.Path:
@@ -105,3 +106,15 @@ def mean_and_stderr(values):
   """(mean, standard error of the mean) of a list of per-split results."""
   v = np.asarray(values, np.float64)
   return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def one_hidden_layer_mlp(d: int, hidden: int, seed: int):
+  """The protocol's network: `d` inputs, one hidden layer of `hidden` ReLU units, one output.
+
+  Initial weights are seeded, so every method of a split starts from the same network.
+  """
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  init = lambda k: tf_keras.initializers.GlorotUniform(seed=seed * 10 + k)
+  return tf_keras.Sequential([
+      tf_keras.layers.Dense(hidden, activation="relu", input_shape=(d,), kernel_initializer=init(1)),
+      tf_keras.layers.Dense(1, kernel_initializer=init(2))])

@@ -26,13 +26,6 @@ PUBLISHED = {"BBVI": (0.861, 0.433), "Vadam": (0.858, 0.486), "VOGN": (0.864, 0.
 METHODS = ("BBVI", "Vadam", "VOGN", "IVON")
 
 
-def _mlp(d, seed):
-  init = lambda k: tf_keras.initializers.GlorotUniform(seed=seed * 10 + k)
-  return tf_keras.Sequential([
-      tf_keras.layers.Dense(HIDDEN, activation="relu", input_shape=(d,), kernel_initializer=init(1)),
-      tf_keras.layers.Dense(1, kernel_initializer=init(2))])
-
-
 def run(method, data, epochs, seed):
   """(accuracy, log-loss) of one training run."""
   x, y, xt, yt = data
@@ -50,7 +43,7 @@ def run(method, data, epochs, seed):
     model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
     logits = np.stack([model(xt).numpy()[:, 0] for _ in range(PRED_SAMPLES)])
   else:
-    model = _mlp(d, seed)
+    model = _datasets.one_hidden_layer_mlp(d, HIDDEN, seed)
     # Start every method at the same, moderately tight posterior (σ ≈ 0.1) rather than the
     # prior's σ = 1, which would drown the 64 hidden units in weight noise.
     init_precision = 100.0

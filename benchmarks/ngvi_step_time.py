@@ -10,12 +10,12 @@ Aims: IVON ≤ 1.2× Adam, VOGN ≤ 3× Adam.
 """
 
 import statistics
-import time
 
 import numpy as np
 import tf_keras
 
 import tfp_ext
+from benchmarks._timing import StepTimer
 
 BATCH = 128
 
@@ -39,18 +39,6 @@ def _cnn():
       tf_keras.layers.MaxPooling2D(),
       tf_keras.layers.Flatten(),
       tf_keras.layers.Dense(10, kernel_initializer=init(3))])
-
-
-class _StepTimer(tf_keras.callbacks.Callback):
-
-  def on_train_begin(self, logs=None):
-    self.ends = []
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.ends.append(time.perf_counter())
-
-  def per_step(self):
-    return statistics.median(np.diff(self.ends))
 
 
 def _compiled(name, make_model, n):
@@ -92,7 +80,7 @@ def main(quick: bool = False) -> None:
     samples = {name: [] for name in names}
     for _ in range(repeats):
       for name, target in models.items():
-        timer = _StepTimer()
+        timer = StepTimer()
         target.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
         samples[name].append(timer.per_step())
     t = {name: 1e3 * statistics.median(v) for name, v in samples.items()}

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras
 
 import tfp_ext
+from benchmarks._timing import StepTimer
 from tfp_ext.internal import seeds
 
 INPUT_DIM, HIDDEN, CLASSES = 64, 256, 10
@@ -41,19 +42,6 @@ def _optimizers(num_examples):
       "RMSprop": lambda: tf_keras.optimizers.RMSprop(1e-3, rho=0.99),
       "Vprop": lambda: tfp_ext.optimizers.Vprop(1e-3, num_examples=num_examples, seed=0),
   }
-
-
-class _StepTimer(tf_keras.callbacks.Callback):
-  """Median seconds between consecutive batch ends (the first step is excluded)."""
-
-  def on_train_begin(self, logs=None):
-    self.ends = []
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.ends.append(time.perf_counter())
-
-  def per_step(self):
-    return statistics.median(np.diff(self.ends))
 
 
 def _noise_floor(variables, jit, repeats):
@@ -102,7 +90,7 @@ def main(quick: bool = False) -> None:
       samples = {name: [] for name in models}
       for _ in range(repeats):
         for name, model in models.items():
-          timer = _StepTimer()
+          timer = StepTimer()
           model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
                     callbacks=[timer])
           samples[name].append(timer.per_step())

@@ -25,13 +25,6 @@ PRED_SAMPLES = 100
 METHODS = ("BBVI", "Vadam", "VOGN", "IVON")
 
 
-def _mlp(d, seed):
-  init = lambda k: tf_keras.initializers.GlorotUniform(seed=seed * 10 + k)
-  return tf_keras.Sequential([
-      tf_keras.layers.Dense(HIDDEN, activation="relu", input_shape=(d,), kernel_initializer=init(1)),
-      tf_keras.layers.Dense(1, kernel_initializer=init(2))])
-
-
 def _flipout_mlp(d, n, seed):
   kl = lambda q, p, _: tfp.distributions.kl_divergence(q, p) / n
   return tf_keras.Sequential([
@@ -49,7 +42,7 @@ def _fit(model, x, y, epochs, seed):
 
 
 def _variational(method, d, n, noise_var, epochs, seed):
-  model = _mlp(d, seed)
+  model = _datasets.one_hidden_layer_mlp(d, HIDDEN, seed)
   steps = epochs * (n // BATCH_SIZE + 1)
   # Starting at the prior's width (σ = 1) drowns a 50-unit layer in weight noise; every method
   # starts at the same precision instead, N·c/σₙ² with c = 0.5 the order of a standardized
@@ -80,7 +73,7 @@ def run_split(name, split, epochs, seed=0):
   n, d = s.x_train.shape
   tf_keras.utils.set_random_seed(seed)
   # Noise variance for every method: a MAP fit's training residual variance.
-  map_model = _mlp(d, seed)
+  map_model = _datasets.one_hidden_layer_mlp(d, HIDDEN, seed)
   map_model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse", jit_compile=True)
   _fit(map_model, s.x_train, s.y_train, epochs, seed)
   resid = s.y_train - map_model.predict(s.x_train, verbose=0)[:, 0]
