@@ -1,8 +1,9 @@
 """Time per training step of IVON and VOGN relative to Adam, on an MLP and a small CNN, batch 128.
 
 Adam and IVON run in plain `model.fit`; VOGN runs through `tfp_ext.keras.VariationalModel`,
-whose train step adds the per-example squared gradients (a pfor-vectorized Jacobian of the M
-per-example losses). Everything is compiled with XLA. A step is timed between consecutive
+whose train step adds the per-example squared gradients: in closed form for the Dense layers (one
+extra matmul per layer), by pfor-vectorized per-example backward passes for the convolutions;
+"VOGN-ggn" adds one per-example backward pass per output. Everything is compiled with XLA. A step is timed between consecutive
 `on_train_batch_end` callbacks and the median is reported over interleaved repeats (the
 optimizers alternate, so load from other processes hits them alike).
 

@@ -6,6 +6,10 @@ its floor is the deterministic model on S·B rows, which does the same arithmeti
 what sampling the weights, the batched (per-sample) matmuls and the summary add. Measured as
 served (`tf.function`, not XLA-compiled) and with `jit_compile=True`. Aim: within 1.5×.
 
+The "fixed samples" column is what a default export serves (the samples drawn once, at export;
+`materialize_samples="auto"`); "predictive" draws them on every call, as an export with
+`materialize_samples=False` or `tfp_ext.posterior.predictive` with a new seed per call does.
+
 (c) The baseline is the same export's signature called in-process; the ratio is what HTTP, JSON
 and the server add per request. Client threads and the server process share the machine's cores.
 """
@@ -62,7 +66,8 @@ def predictive_vs_deterministic(quick: bool) -> None:
   model = _mlp(in_dim, hidden, 1)
   q = _posterior(model)
   seed = seeds.sanitize(0, salt="bench")
-  # What `export(..., materialize_samples=True)` serves: the same S samples, drawn once.
+  # What `export` serves by default for a model this size (materialize_samples="auto"): the same
+  # S samples, drawn once at export. "predictive" draws them per call (materialize_samples=False).
   fixed = SampleEnsemble(q.sample(S, seed))
   reps = 5 if quick else 30
   print(f"(b) predictive, S={S} weight samples, vs the deterministic model on {S}·B rows; "
@@ -100,7 +105,7 @@ def rest_latency(quick: bool) -> None:
   n_requests = 40 if quick else 400
   with tempfile.TemporaryDirectory() as tmp:
     base = os.path.join(tmp, "bench")
-    path = export(model, q, base, num_samples=S, noise_stddev=0.1)
+    path = export(model, q, base, num_samples=S, noise_stddev=0.1)  # auto: samples stored
     sig = tf.saved_model.load(path).signatures["serving_default"]
     print(f"\n(c) REST :predict on 127.0.0.1 (`tfp-ext serve` in its own process), "
           f"1-input MLP 1-32-32-1, S={S}; {n_requests} requests per row")

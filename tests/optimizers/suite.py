@@ -1,7 +1,7 @@
 """The contract every variational optimizer of `tfp_ext.optimizers` meets, as reusable checks.
 
-`test_suite.py` runs every `check_*` function below on every entry of `REGISTRY`. An optimizer
-joins the suite by adding one `OptimizerCase` to `REGISTRY`:
+`test_suite.py` and `test_suite_multisample.py` run every `check_*` function below on every entry
+of `REGISTRY`. An optimizer joins the suite by adding one `OptimizerCase` to `REGISTRY`:
 
 ```python
 OptimizerCase(
@@ -31,6 +31,9 @@ its `trainable_variables` must be the plain model's. The checks:
   given `var_list`), holds μ after `fit`, and refuses foreign variables or an unbuilt optimizer.
 * `check_posterior_mean_swap`: the callback and the context manager put μ in and the sample
   back exactly.
+* `check_export`: the posterior exports with `tfp_ext.serving.export`, passes the TF Serving
+  loader check (`tfp-ext check`), and the served mean and stddev are those of the posterior's
+  samples for the export's seed.
 
 All checks train a 3-4-1 tanh MLP on 64 generated examples for 2 epochs of 4 steps (cheap).
 """
@@ -46,6 +49,7 @@ import tensorflow as tf
 import tf_keras
 
 import tfp_ext
+from tfp_ext.internal import seeds
 
 NUM_EXAMPLES = 64
 BATCH_SIZE = 16
@@ -106,7 +110,24 @@ REGISTRY = [
                     ({"learning_rate": -0.1}, "learning_rate"), ({"seed": -1}, "seed"),
                     ({"use_ema": True}, "use_ema"), ({"hess_init": 0.0}, "hess_init"),
                     ({"weight_decay": -1.0}, "weight_decay"), ({"beta_2": 1.0}, "beta_2")]),
+    # Several weight samples per step go through VariationalModel, which evaluates the extra
+    # samples without assignment and stacks their gradients for the optimizer to combine.
+    OptimizerCase(
+        name="VOGN-2samples",
+        make=lambda **kw: tfp_ext.optimizers.VOGN(**{"learning_rate": 0.05, "num_samples": 2,
+                                                     **kw}),
+        wrap_model=lambda model: tfp_ext.keras.VariationalModel(model),
+        bad_kwargs=[({"num_samples": 0}, "num_samples"), ({"num_samples": 2.0}, "num_samples")]),
+    OptimizerCase(
+        name="IVON-3samples",
+        make=lambda **kw: tfp_ext.optimizers.IVON(**_ivon_kwargs({"mc_samples": 3, **kw})),
+        wrap_model=lambda model: tfp_ext.keras.VariationalModel(model),
+        bad_kwargs=[({"mc_samples": 0}, "mc_samples"), ({"mc_samples": None}, "mc_samples")]),
 ]
+
+
+ONE_SAMPLE = [case for case in REGISTRY if "samples" not in case.name]
+MULTI_SAMPLE = [case for case in REGISTRY if "samples" in case.name]
 
 
 def _ivon_kwargs(kw):
@@ -343,6 +364,24 @@ def check_posterior_mean_swap(case, reference):
       pass
 
 
+def check_export(case, reference, tmp_path):
+  """The trained posterior exports for TF Serving, loads through the C API, serves its predictive."""
+  del case
+  model = reference["model"]
+  q = reference["opt"].posterior(model.trainable_variables)
+  path = tfp_ext.serving.export(model, q, str(tmp_path / "models"), num_samples=8, seed=5)
+  result = tfp_ext.serving.check(path)
+  assert result.ok, result.summary()
+  x = data()[0][:5]
+  served = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
+  # The export's in-graph samples are the posterior's samples for its documented fixed seed.
+  weights = q.predictive_weights(8, seeds.sanitize(5, salt="tfp_ext.serving.export"))
+  outs = np.stack([tfp_ext.posterior.functional_call(model, [w[s] for w in weights], x).numpy()
+                   for s in range(8)])
+  np.testing.assert_allclose(served["mean"], outs.mean(0), atol=1e-5)
+  np.testing.assert_allclose(served["stddev"], outs.std(0), atol=1e-5)
+
+
 CHECKS = [
     check_config_round_trip,
     check_checkpoint_resume,
@@ -352,7 +391,27 @@ CHECKS = [
     check_bad_hyperparameters,
     check_posterior_alignment,
     check_posterior_mean_swap,
+    check_export,
 ]
+
+
+def contract_tests(cases):
+  """The fixture and the test a test module assigns to run every check on `cases`."""
+
+  @pytest.fixture(scope="module", params=cases, ids=str)
+  def case_and_reference(request):
+    """Each optimizer's reference run, trained once per module and shared by its checks."""
+    return request.param, reference_run(request.param)
+
+  @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__[len("check_"):])
+  def test_optimizer_contract(case_and_reference, check, tmp_path):  # pylint: disable=redefined-outer-name
+    case, reference = case_and_reference
+    if check in (check_checkpoint_resume, check_export):  # The checks that write files.
+      check(case, reference, tmp_path)
+    else:
+      check(case, reference)
+
+  return case_and_reference, test_optimizer_contract
 
 
 def reference_run(case):

@@ -95,9 +95,35 @@ def test_config_round_trip_keeps_the_paper_names():
     (dict(ess=10, weight_decay=0.0), "weight_decay"),
     (dict(ess=10, beta_2=1.0), "beta_2"),
     (dict(ess=10, clip_radius=0.0), "clip_radius"),
-    (dict(ess=10, mc_samples=2), "mc_samples"),
+    (dict(ess=10, mc_samples=0), "mc_samples"),
     (dict(ess=float("nan")), "ess"),
 ])
 def test_bad_hyperparameters(kwargs, match):
   with pytest.raises(ValueError, match=match):
     tfp_ext.optimizers.IVON(**kwargs)
+
+
+def test_one_step_with_several_samples_matches_the_paper_update():
+  """Algorithm 1 with S = 3 samples: ĝ and ĥ are averages over the samples of the step."""
+  var = tf.Variable([0.3, -1.2, 2.0])
+  opt = tfp_ext.optimizers.IVON(learning_rate=0.1, ess=50, hess_init=0.7, beta_1=0.8,
+                                beta_2=0.9, weight_decay=0.01, mc_samples=3, seed=4)
+  opt.build([var])
+  m0 = var.numpy().copy()
+  h0, lam, delta, b1, b2 = 0.7, 50., 0.01, 0.8, 0.9
+  sigma0 = 1 / np.sqrt(lam * (h0 + delta))
+  theta = [m0 + np.array([0.05, -0.02, 0.1], np.float32)]  # Sample 0: in the variable.
+  for j in (1, 2):  # Samples 1, 2: what a model wrapper evaluates, m + σ ε_j.
+    drawn = opt.mc_sample([var], j)[0].numpy()
+    np.testing.assert_allclose(drawn, m0 + sigma0 * opt.noise(0, 0, var, j), rtol=1e-6)
+    theta.append(drawn)
+  var.assign(theta[0])
+  g = np.array([[0.4, -3.0, 1.5], [0.1, 0.2, -0.3], [-1.0, 0.5, 2.5]], np.float32)
+  opt.apply_gradients([(tf.constant(g), var)])
+  q = opt.posterior()
+  h_hat = np.mean(g * (np.stack(theta) - m0), axis=0) * lam * (h0 + delta)
+  g_mean = g.mean(0)
+  h = b2 * h0 + (1 - b2) * h_hat + 0.5 * (1 - b2)**2 * (h0 - h_hat)**2 / (h0 + delta)
+  m = m0 - 0.1 * ((1 - b1) * g_mean / (1 - b1) + delta * m0) / (h + delta)
+  np.testing.assert_allclose(q.loc[0], m, rtol=1e-5)
+  np.testing.assert_allclose(q.scale[0], 1 / np.sqrt(lam * (h + delta)), rtol=1e-5)

@@ -84,7 +84,7 @@ def test_plain_fit_is_refused_with_a_pointer_to_variational_model():
     (dict(num_examples=10, tempering=0.0), "tempering"),
     (dict(num_examples=10, hessian_approximation="fisher"), "hessian_approximation"),
     (dict(num_examples=10, num_samples=0), "num_samples"),
-    (dict(num_examples=10, num_samples=4), "num_samples"),
+    (dict(num_examples=10, num_samples=1.5), "num_samples"),
     (dict(num_examples=10, prior_precision=-1.0), "prior_precision"),
 ])
 def test_bad_hyperparameters(kwargs, match):

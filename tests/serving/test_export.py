@@ -5,6 +5,7 @@ samples the signature draws (same stateless seed), so the tolerances are float32
 (1e-5), not Monte Carlo error.
 """
 
+import importlib
 import os
 
 import numpy as np
@@ -18,6 +19,9 @@ from tests.serving.conftest import mlp
 from tfp_ext.internal import seeds
 from tfp_ext.serving import export
 from tfp_ext.serving.export import TEMP_PREFIX
+
+# The module (the package re-exports its `export` function under the same name).
+export_module = importlib.import_module("tfp_ext.serving.export")
 
 X = np.linspace(-2., 2., 7, dtype=np.float32)[:, None]
 
@@ -175,6 +179,20 @@ def test_materialized_samples_give_the_same_answers(regression, tmp_path):
   want = regression.signature()(x=tf.constant(X))
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+def test_materialize_samples_auto_follows_the_size_limit(regression, tmp_path, monkeypatch):
+  def stored(path):
+    names = [n for n, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))]
+    return any("posterior/_samples" in n for n in names), any("posterior/_loc" in n for n in names)
+
+  args = (regression.model, regression.posterior)
+  # 16 samples of 49 float32 weights: far below the limit, so the default stores the samples.
+  assert stored(export(*args, str(tmp_path / "small"), num_samples=16)) == (True, False)
+  monkeypatch.setattr(export_module, "MATERIALIZE_LIMIT_BYTES", 16 * 49 * 4 - 1)
+  assert stored(export(*args, str(tmp_path / "large"), num_samples=16)) == (False, True)
+  with pytest.raises(ValueError, match="materialize_samples"):
+    export(*args, str(tmp_path / "bad"), materialize_samples="yes")
 
 
 def test_sample_ensemble_fixed_subset(ensemble, tmp_path):

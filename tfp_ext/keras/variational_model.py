@@ -1,9 +1,12 @@
 """A Keras model wrapper whose train step feeds curvature to natural-gradient VI optimizers."""
 
-from typing import Optional
+import contextlib
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
+
+from tfp_ext.posterior import functional
 
 __all__ = ["VariationalModel", "PER_EXAMPLE_SQUARED_GRADIENTS", "GGN"]
 
@@ -48,6 +51,69 @@ def _reduce_to_examples(losses):
   return losses
 
 
+class _DenseTaps:
+  """Records the input and pre-activation of every plain `Dense` layer during one forward pass.
+
+  For y = a(x W + b) on a batch of rows xᵢ, example i's gradient of W is xᵢ ⊗ δᵢ with
+  δᵢ = ∂ℓᵢ/∂zᵢ at the pre-activation zᵢ = xᵢ W + b, so Σᵢ wᵢ gᵢ² = (x²)ᵀ(w·δ²): one matmul from
+  quantities the batch backward pass already produces (Goodfellow, 2015). A layer qualifies when it
+  is exactly `tf_keras.layers.Dense` with trainable weights, no activity regularizer and no mixed
+  precision, and it is called once per forward pass on a rank-2 dense tensor; every other layer's
+  variables take the general per-example path.
+  """
+
+  def __init__(self, model: tf_keras.Model, variables: Sequence[tf.Variable]):
+    trainable = {id(v) for v in variables}
+    self.layers = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+      if type(layer) is not tf_keras.layers.Dense or not layer.built:  # pylint: disable=unidiomatic-typecheck
+        continue
+      if layer.activity_regularizer is not None or id(layer.kernel) not in trainable:
+        continue
+      if layer.use_bias and id(layer.bias) not in trainable:
+        continue
+      if layer.compute_dtype != layer.kernel.dtype.name:
+        continue
+      self.layers.append(layer)
+    self.records = {}
+
+  def _tapped_call(self, layer):
+    def call(inputs, *args, **kwargs):
+      if args or kwargs or not isinstance(inputs, tf.Tensor) or inputs.shape.rank != 2:
+        self.records.setdefault(id(layer), []).append(None)  # Untapped: general path.
+        return type(layer).call(layer, inputs, *args, **kwargs)
+      x = tf.cast(inputs, layer.compute_dtype)
+      z = tf.matmul(x, layer.kernel)  # `kernel` may be a weight sample (functional_call).
+      if layer.use_bias:
+        z = tf.nn.bias_add(z, layer.bias)
+      self.records.setdefault(id(layer), []).append((x, z))
+      return z if layer.activation is None else layer.activation(z)
+    return call
+
+  @contextlib.contextmanager
+  def installed(self):
+    """Routes the qualifying layers' calls through the recorder for the duration of the block."""
+    self.records = {}
+    with functional._TRACE_LOCK:  # pylint: disable=protected-access
+      for layer in self.layers:
+        # object.__setattr__: a plain instance attribute, invisible to Keras' tracking.
+        object.__setattr__(layer, "call", self._tapped_call(layer))
+      try:
+        yield self
+      finally:
+        for layer in self.layers:
+          object.__delattr__(layer, "call")
+
+  def tapped(self):
+    """[(layer, x, z)] for the layers recorded exactly once in the last pass."""
+    out = []
+    for layer in self.layers:
+      calls = self.records.get(id(layer), [])
+      if len(calls) == 1 and calls[0] is not None:
+        out.append((layer,) + calls[0])
+    return out
+
+
 @tf_keras.utils.register_keras_serializable(package="tfp_ext")
 class VariationalModel(tf_keras.Model):
   r"""Wraps a `tf_keras` model so `fit` computes the curvature a VI optimizer asks for.
@@ -58,15 +124,25 @@ class VariationalModel(tf_keras.Model):
   (1/M) Σᵢ diag(Jᵢᵀ Hᵢ Jᵢ) (Jᵢ the Jacobian of example i's output f(xᵢ; θ) and Hᵢ the Hessian of
   its loss with respect to that output), neither of which can be recovered from ĝ.
 
-  This model's `train_step` computes them, vectorized over the batch (one
-  `GradientTape.jacobian` with `pfor`, no Python loop over examples; everything XLA-compiles),
-  and hands them over through a small protocol that any optimizer can implement:
+  This model's `train_step` computes them without a Python loop over examples, and everything
+  XLA-compiles. For plain `Dense` layers on rank-2 inputs the per-example squared gradients come
+  in closed form from the batch backward pass: example i's kernel gradient is xᵢ ⊗ δᵢ (δᵢ the
+  loss gradient at the layer's pre-activation), so Σᵢ gᵢ² = (x²)ᵀ δ², one extra matmul per layer.
+  Every other variable (convolutions, custom layers, a layer called twice) and the GGN take the
+  general path: per-example backward passes vectorized with `tf.vectorized_map` (pfor). The
+  results are handed over through a small protocol that any optimizer can implement:
 
   * `optimizer.curvature` — `None` (the optimizer needs the batch gradient only, e.g. Vadam,
     Vprop, IVON, Adam), `"per_example_squared_gradients"` or `"ggn"`;
   * when `curvature` is not `None`, the gradient handed to `optimizer.apply_gradients` for a
     variable of shape `S` is the stack `[ĝ, ĥ]` of shape `[2, *S]` (mean gradient, mean
     curvature), which the optimizer unpacks (`VariationalOptimizer._unpack_gradient`).
+
+  * `optimizer.num_mc_samples` (default 1): weight samples per step. With S > 1 the train step
+    also evaluates the samples `optimizer.mc_sample(variables, j)`, j = 1..S−1 (sample 0 is the
+    one in the variables), through `tfp_ext.posterior.functional_call` (no assignment), and
+    passes the per-sample results stacked on a leading axis of size S, which the optimizer
+    combines (VOGN averages them; IVON also needs each sample's offset from the mean).
 
   Packing keeps the curvature on Keras's own gradient path: under a `tf.distribute` strategy
   each replica's gradient and curvature are pre-divided by the number of replicas, so the
@@ -80,7 +156,8 @@ class VariationalModel(tf_keras.Model):
   regularizers; any `model.losses` are still added to the batch gradient. `"ggn"` is the exact
   generalized Gauss-Newton when the loss is convex in the model's output (squared error, and
   cross-entropy on logits); the loss Hessian with respect to the output is obtained by autodiff,
-  so no loss needs special-casing.
+  so no loss needs special-casing. Per-example quantities assume examples do not interact
+  inside the model (no `BatchNormalization` in training mode).
 
   #### Examples
 
@@ -147,13 +224,17 @@ class VariationalModel(tf_keras.Model):
     return self.optimizer.posterior(var_list if var_list is not None
                                     else self.model.trainable_variables)
 
-  def gradients_and_curvature(self, x, y, sample_weight=None, curvature: Optional[str] = None):
+  def gradients_and_curvature(self, x, y, sample_weight=None, curvature: Optional[str] = None,
+                              weights: Optional[Sequence[tf.Tensor]] = None):
     """The batch loss, predictions, mean gradient and mean curvature at the current weights.
 
     Args:
       x, y, sample_weight: a batch (`sample_weight` scales each example's loss).
       curvature: None, "per_example_squared_gradients" ((1/M) Σᵢ wᵢ gᵢ²) or "ggn"
         ((1/M) Σᵢ wᵢ diag(JᵢᵀHᵢJᵢ)).
+      weights: optional tensors aligned with the wrapped model's trainable variables to evaluate
+        at instead of the variables' values (a weight sample; see
+        `tfp_ext.posterior.functional_call`).
 
     Returns:
       `(loss, y_pred, grads, curvatures)`: the weighted mean loss (plus `model.losses`), the
@@ -165,27 +246,42 @@ class VariationalModel(tf_keras.Model):
     if self._example_loss is None:
       raise ValueError("Compile the VariationalModel (with a per-example loss) first.")
     variables = self.model.trainable_variables
-    weights = None if sample_weight is None else tf.reshape(sample_weight, [-1])
-    with tf.GradientTape() as tape:
-      y_pred = self.model(x, training=True)
+    if weights is not None:
+      weights = [tf.convert_to_tensor(w, v.dtype) for w, v in zip(weights, variables)]
+    sources = variables if weights is None else weights
+    sample_weight = None if sample_weight is None else tf.reshape(sample_weight, [-1])
+    taps = _DenseTaps(self.model, variables) if curvature == PER_EXAMPLE_SQUARED_GRADIENTS else None
+    with tf.GradientTape(persistent=bool(self.model.losses)) as tape:
+      if weights is not None:
+        tape.watch(weights)
+      with taps.installed() if taps is not None else contextlib.nullcontext():
+        y_pred = self._forward(x, weights)
       y = _align_targets(y, y_pred)
       raw_losses = _reduce_to_examples(tf.convert_to_tensor(self._example_loss(y, y_pred)))
-      losses = raw_losses if weights is None else raw_losses * tf.cast(weights, raw_losses.dtype)
+      losses = (raw_losses if sample_weight is None
+                else raw_losses * tf.cast(sample_weight, raw_losses.dtype))
       batch = tf.cast(tf.shape(losses)[0], losses.dtype)
-      loss = tf.reduce_sum(losses) / batch
-      if self.model.losses:
-        loss += tf.add_n(self.model.losses)
-    grads = tape.gradient(loss, variables)
+      data_loss = tf.reduce_sum(losses) / batch
+      loss = data_loss + tf.add_n(self.model.losses) if self.model.losses else data_loss
+    tapped = taps.tapped() if taps is not None else []
+    # One backward pass gives the parameter gradients and, for free, ∂loss/∂z at every tapped
+    # pre-activation (z is an intermediate of that same pass).
+    all_grads = tape.gradient(loss, list(sources) + [z for _, _, z in tapped])
+    grads = all_grads[:len(sources)]
+    grads = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v)
+             for g, v in zip(grads, variables)]
     curvatures = None
     if curvature == PER_EXAMPLE_SQUARED_GRADIENTS:
-      curvatures = self._squared_gradients(x, y, weights, variables)
+      if self.model.losses and tapped:  # model.losses may depend on z: use the data loss only.
+        dz = tape.gradient(data_loss, [z for _, _, z in tapped])
+      else:
+        dz = all_grads[len(sources):]
+      curvatures = self._squared_gradients(x, y, sample_weight, weights, tapped, dz, batch)
     elif curvature == GGN:
-      curvatures = self._ggn_diagonal(x, y, y_pred, weights, variables)
+      curvatures = self._ggn_diagonal(x, y, y_pred, sample_weight, weights)
     if curvatures is not None:
       curvatures = [c / batch for c in curvatures]
     del tape
-    grads = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v)
-             for g, v in zip(grads, variables)]
     return loss, y_pred, grads, curvatures
 
   def train_step(self, data):
@@ -194,24 +290,46 @@ class VariationalModel(tf_keras.Model):
       raise ValueError("VariationalModel.fit needs targets `y` for its negative log-likelihood.")
     variables = self.model.trainable_variables
     curvature = getattr(self.optimizer, "curvature", None)
-    loss, y_pred, grads, curvatures = self.gradients_and_curvature(x, y, sample_weight, curvature)
+    num_samples = int(getattr(self.optimizer, "num_mc_samples", 1))
+    if num_samples > 1:
+      # The samples come from the optimizer's posterior, which must exist before the first
+      # `apply_gradients` builds it (Keras builds lazily, lifted to the init scope as here).
+      with tf.init_scope():
+        self.optimizer.build(variables)
+    packed, losses = [], []
+    y_pred = None
+    # A short unrolled loop over the weight samples (1 by default): each sample is a full
+    # forward and backward pass; the examples within one stay vectorized.
+    for sample in range(num_samples):
+      weights = None if sample == 0 else self.optimizer.mc_sample(variables, sample)
+      loss, pred, grads, curvatures = self.gradients_and_curvature(x, y, sample_weight,
+                                                                   curvature, weights)
+      if y_pred is None:
+        y_pred = pred
+      losses.append(loss)
+      packed.append(grads if curvatures is None
+                    else [tf.stack([g, c]) for g, c in zip(grads, curvatures)])
+    if num_samples > 1:  # [samples, ...] per variable: the optimizer combines them.
+      packed = [tf.stack(per_variable) for per_variable in zip(*packed)]
+    else:
+      packed = packed[0]
     # The optimizer sums gradients across replicas, so each replica contributes 1/replicas.
     num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if num_replicas > 1:
-      grads = [g / num_replicas for g in grads]
-      if curvatures is not None:
-        curvatures = [c / num_replicas for c in curvatures]
-    if curvatures is None:
-      self.optimizer.apply_gradients(zip(grads, variables))
-    else:
-      packed = [tf.stack([g, c]) for g, c in zip(grads, curvatures)]
-      self.optimizer.apply_gradients(zip(packed, variables))
+      packed = [p / num_replicas for p in packed]
+    self.optimizer.apply_gradients(zip(packed, variables))
     self.compiled_metrics.update_state(_align_targets(y, y_pred), y_pred, sample_weight)
     results = {m.name: m.result() for m in self.metrics}
-    results["loss"] = loss
+    results["loss"] = tf.add_n(losses) / len(losses)
     return results
 
-  def _per_example_map(self, fn, x, elems, variables):
+  def _forward(self, x, weights):
+    """The wrapped model on `x`, at its variables or at the given weight tensors."""
+    if weights is None:
+      return self.model(x, training=True)
+    return functional.functional_call(self.model, weights, x, training=True)
+
+  def _per_example_map(self, fn, x, elems):
     """Σᵢ fn(model at example i, elems[i]) over the batch, vectorized with `tf.vectorized_map`.
 
     Each example runs the model on a batch of one, so pfor turns the per-example backward passes
@@ -226,26 +344,50 @@ class VariationalModel(tf_keras.Model):
     per_example = tf.vectorized_map(one, (x, elems), fallback_to_while_loop=True, warn=False)
     return [tf.reduce_sum(c, axis=0) for c in per_example]
 
-  def _squared_gradients(self, x, y, weights, variables):
-    """Σᵢ wᵢ gᵢ², one tensor per variable."""
-    y = tf.convert_to_tensor(y)
-    if weights is None:
-      weights = tf.ones(tf.shape(y)[:1])
+  def _squared_gradients(self, x, y, sample_weight, weights, tapped, dz, batch):
+    """Σᵢ wᵢ gᵢ², one tensor per variable: tapped Dense layers in closed form, the rest by pfor."""
+    variables = self.model.trainable_variables
+    position = {id(v): k for k, v in enumerate(variables)}
+    out = [None] * len(variables)
+    for (layer, inputs, z), d in zip(tapped, dz):
+      if d is None:  # The layer does not reach the loss.
+        d = tf.zeros_like(z)
+      # d = ∂loss/∂z = wᵢ δᵢ / M, so wᵢ δᵢ² = (M dᵢ)² / wᵢ (0 where wᵢ = 0).
+      scale = tf.square(batch) * tf.ones_like(d[:, :1])
+      if sample_weight is not None:
+        scale = tf.math.divide_no_nan(scale, tf.cast(sample_weight, d.dtype)[:, tf.newaxis])
+      sq = scale * tf.square(d)
+      out[position[id(layer.kernel)]] = tf.matmul(tf.square(inputs), sq, transpose_a=True)
+      if layer.use_bias:
+        out[position[id(layer.bias)]] = tf.reduce_sum(sq, axis=0)
+    rest = [k for k, c in enumerate(out) if c is None]
+    if rest:
+      y = tf.convert_to_tensor(y)
+      if sample_weight is None:
+        sample_weight = tf.ones(tf.shape(y)[:1])
+      all_sources = variables if weights is None else weights
 
-    def fn(xi, e):
-      yi, wi = e
-      with tf.GradientTape() as tape:
-        pred = self.model(xi, training=True)
-        li = tf.reduce_sum(_reduce_to_examples(tf.convert_to_tensor(
-            self._example_loss(_align_targets(yi[tf.newaxis], pred), pred))))
-      grads = tape.gradient(li, variables)
-      return [tf.cast(wi, v.dtype) * tf.square(g) if g is not None else tf.zeros_like(v)
-              for g, v in zip(grads, variables)]
+      def fn(xi, e):
+        yi, wi = e
+        sources = [all_sources[k] for k in rest]
+        with tf.GradientTape() as tape:
+          if weights is not None:
+            tape.watch(sources)
+          pred = self._forward(xi, weights)
+          li = tf.reduce_sum(_reduce_to_examples(tf.convert_to_tensor(
+              self._example_loss(_align_targets(yi[tf.newaxis], pred), pred))))
+        grads = tape.gradient(li, sources)
+        return [tf.cast(wi, variables[k].dtype) * tf.square(g) if g is not None
+                else tf.zeros_like(variables[k]) for g, k in zip(grads, rest)]
 
-    return self._per_example_map(fn, x, (y, weights), variables)
+      for k, c in zip(rest, self._per_example_map(fn, x, (y, sample_weight))):
+        out[k] = c
+    return out
 
-  def _ggn_diagonal(self, x, y, y_pred, weights, variables):
+  def _ggn_diagonal(self, x, y, y_pred, sample_weight, weights):
     """Σᵢ wᵢ diag(Jᵢᵀ Hᵢ Jᵢ) over the batch, one tensor per variable."""
+    variables = self.model.trainable_variables
+    sources = variables if weights is None else weights
     num_outputs = y_pred.shape[1:].num_elements()
     if num_outputs is None:
       raise ValueError(f"hessian_approximation='ggn' needs a static output shape, got "
@@ -261,8 +403,8 @@ class VariationalModel(tf_keras.Model):
     # Hᵢ: the Hessian of example i's loss in its own output ([B, K, K]); a loss is per example,
     # so the batch Jacobian of the summed gradient is exactly the per-example Hessians.
     hess = tf.reshape(outer.batch_jacobian(d, f), [-1, num_outputs, num_outputs])
-    if weights is not None:
-      hess *= tf.cast(tf.reshape(weights, [-1, 1, 1]), hess.dtype)
+    if sample_weight is not None:
+      hess *= tf.cast(tf.reshape(sample_weight, [-1, 1, 1]), hess.dtype)
     # Hᵢ = Uᵢ Uᵢᵀ with Uᵢ = Vᵢ √max(Λᵢ, 0); then diag(JᵀHJ) = Σ_c (Jᵀ u_c)², and Jᵀ u_c is the
     # gradient of the scalar u_c · f (u_c held constant): one backward pass per output.
     evals, evecs = tf.linalg.eigh(0.5 * (hess + tf.linalg.matrix_transpose(hess)))
@@ -270,12 +412,14 @@ class VariationalModel(tf_keras.Model):
 
     def fn(xi, u):  # u: [K, K], column c is u_c.
       with tf.GradientTape(persistent=True) as tape:
-        out = tf.reshape(self.model(xi, training=True), [num_outputs])
+        if weights is not None:
+          tape.watch(sources)
+        out = tf.reshape(self._forward(xi, weights), [num_outputs])
         projections = [tf.reduce_sum(out * u[:, c]) for c in range(num_outputs)]
       sums = [tf.zeros_like(v) for v in variables]
       for p in projections:
-        grads = tape.gradient(p, variables)
+        grads = tape.gradient(p, sources)
         sums = [s + tf.square(g) if g is not None else s for s, g in zip(sums, grads)]
       return sums
 
-    return self._per_example_map(fn, x, factors, variables)
+    return self._per_example_map(fn, x, factors)

@@ -32,7 +32,8 @@ class IVON(vo.VariationalOptimizer):
   retraction of the paper's Eq. 9), and clipping each coordinate of the step to [−ξ, ξ] guards
   the first steps while h is still at `hess_init`. The loss may be any differentiable
   per-example average; no per-example gradients are needed, so IVON costs about one Adam step
-  plus a Gaussian draw and works in plain `model.fit` (and through `VariationalModel`).
+  plus a Gaussian draw and works in plain `model.fit` (and through `VariationalModel`, which
+  `mc_samples > 1` needs).
 
   Mapping to the shared base: `num_examples` = round(ess), `prior_precision` = ess·δ, and the
   initial precision is ess·(hess_init + δ).
@@ -92,7 +93,8 @@ class IVON(vo.VariationalOptimizer):
       beta_1: gradient momentum decay in [0, 1).
       beta_2: Hessian decay in [0, 1).
       weight_decay: δ > 0; the prior precision on every weight is ess·δ.
-      mc_samples: weight samples per step; only 1 is implemented (one sample per Keras step).
+      mc_samples: weight samples per step, whose ĝ and ĥ are averaged (Algorithm 1's inner
+        loop). More than 1 needs `VariationalModel`, which evaluates the extra samples.
       clip_radius: ξ > 0, elementwise bound of the preconditioned step (inf: no clipping).
       seed: int seed of the weight noise (None draws one, recorded in `get_config`).
       name, **kwargs: as for every tf_keras optimizer.
@@ -113,9 +115,7 @@ class IVON(vo.VariationalOptimizer):
     if isinstance(clip_radius, bool) or not isinstance(clip_radius, (int, float)) or not (
         clip_radius > 0):
       raise ValueError(f"`clip_radius` must be > 0 (inf for no clipping), got {clip_radius!r}.")
-    if mc_samples != 1:
-      raise ValueError(f"IVON supports `mc_samples=1` only (one weight sample per training "
-                       f"step), got {mc_samples!r}; use more steps instead.")
+    self._check_num_mc_samples(mc_samples, "mc_samples")
     ess_int = int(round(ess))
     self.ess = float(ess)
     self.hess_init = float(hess_init)
@@ -129,6 +129,13 @@ class IVON(vo.VariationalOptimizer):
     self.clip_radius = float(clip_radius)
 
   curvature = None  # The batch gradient suffices: VariationalModel passes it through.
+
+  @property
+  def num_mc_samples(self) -> int:
+    return self.mc_samples
+
+  def _unpack_gradient(self, gradient, variable):
+    return self._unpack_samples(gradient, variable, variable.shape)
 
   def _build_statistics(self, var_list):
     self._hessians = [
@@ -148,7 +155,15 @@ class IVON(vo.VariationalOptimizer):
     # θ − m from the weights the gradient was actually taken at, so the estimator stays right
     # for the first step of a fit and after restores, wherever the variables were.
     offset = tf.convert_to_tensor(variable) - m
-    h_hat = gradient * offset * ess * (h + delta)
+    if self.mc_samples > 1:
+      # Samples 1..S−1 were drawn by `mc_sample` from the posterior before this update.
+      stddev = self._stddev(index, variable)
+      offsets = [offset] + [stddev * self.noise(index, self.iterations, variable, j)
+                            for j in range(1, self.mc_samples)]
+      h_hat = tf.reduce_mean(gradient * tf.stack(offsets), axis=0) * ess * (h + delta)
+      gradient = tf.reduce_mean(gradient, axis=0)
+    else:
+      h_hat = gradient * offset * ess * (h + delta)
     g.assign(beta_1 * g + (1. - beta_1) * gradient)
     h_old = tf.convert_to_tensor(h)
     h.assign(beta_2 * h_old + (1. - beta_2) * h_hat +

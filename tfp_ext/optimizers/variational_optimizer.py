@@ -86,9 +86,11 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
   are means over the replica batch scaled by 1/replicas), and nothing bypasses `apply_gradients`.
   The default `_unpack_gradient` densifies `tf.IndexedSlices` and checks the shape.
 
-  Several weight samples per step (IVON's `train_mc_samples`) also belong in such a model
-  wrapper: it averages the gradients of the samples `noise(index, iteration, ...)` defines after
-  folding in a sample number, which `fold_noise_seed` exposes.
+  Several weight samples per step (VOGN's `num_samples`, IVON's `mc_samples`) also go through
+  such a model wrapper: a subclass reports `num_mc_samples` = S, the wrapper evaluates sample 0
+  in the variables and `mc_sample(var_list, j)` for j = 1..S−1, and passes the per-sample
+  gradients stacked on a leading axis of size S (`_unpack_samples` checks the shape); the
+  subclass combines them, regenerating sample j's noise with `noise(index, iteration, v, j)`.
 
   #### Caveats
 
@@ -188,10 +190,58 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
     base = seeds.sanitize(self.seed, salt=type(self).__name__)
     return seeds.fold_in(base, index, iteration)
 
-  def noise(self, index, iteration, variable) -> tf.Tensor:
-    """ε ~ N(0, I) shaped like `variable`, a pure function of (seed, index, iteration)."""
+  def noise(self, index, iteration, variable, sample: int = 0) -> tf.Tensor:
+    """ε ~ N(0, I) shaped like `variable`, a pure function of (seed, index, iteration, sample).
+
+    Sample 0 is the one the optimizer writes into the model variables; samples 1, 2, ... are the
+    extra weight samples of a step with `num_mc_samples > 1`.
+    """
     shape = variable.shape if variable.shape.is_fully_defined() else tf.shape(variable)
-    return seeds.normal(shape, self.fold_noise_seed(index, iteration), variable.dtype)
+    seed = self.fold_noise_seed(index, iteration)
+    if sample:
+      seed = seeds.fold_in(seed, sample)
+    return seeds.normal(shape, seed, variable.dtype)
+
+  @property
+  def num_mc_samples(self) -> int:
+    """Weight samples per step (1 unless the algorithm averages several; see `mc_sample`)."""
+    return 1
+
+  def mc_sample(self, var_list: Sequence[tf.Variable], sample: int) -> list:
+    """Weight sample number `sample` ≥ 1 of the current step, as tensors aligned with `var_list`.
+
+    A model wrapper that evaluates several samples per step (`tfp_ext.keras.VariationalModel`)
+    takes sample 0 from the variables and these from here; the optimizer regenerates the same
+    noise when it applies the stacked gradients.
+    """
+    if sample < 1:
+      raise ValueError(f"`sample` must be >= 1 (sample 0 is in the variables), got {sample}.")
+    return [self._means[index] + self._stddev(index, v) * self.noise(index, self.iterations, v,
+                                                                      sample)
+            for index, v in zip(self._indices(var_list), var_list)]
+
+  def _check_num_mc_samples(self, value, name):
+    """Validates a samples-per-step hyperparameter."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+  def _unpack_samples(self, gradient, variable, inner_shape):
+    """Checks a gradient packed as [S, *inner_shape] (S = `num_mc_samples`, axis omitted if 1)."""
+    if isinstance(gradient, tf.IndexedSlices):
+      gradient = tf.convert_to_tensor(gradient)
+    samples = self.num_mc_samples
+    expected = tf.TensorShape(inner_shape)
+    if samples > 1:
+      expected = tf.TensorShape([samples]).concatenate(expected)
+    if not gradient.shape.is_compatible_with(expected):
+      if gradient.shape.is_compatible_with(variable.shape):
+        raise ValueError(
+            f"{self.name} needs more than the batch gradient of {variable.name!r} (per-example "
+            "curvature or several weight samples per step), which a plain `model.fit` does not "
+            "compute: wrap the model in `tfp_ext.keras.VariationalModel(model)` and compile that.")
+      raise ValueError(f"{self.name}: packed gradient of shape {gradient.shape.as_list()} for "
+                       f"variable {variable.name!r}; expected {expected.as_list()}.")
+    return gradient
 
   def _stddev(self, index, variable) -> tf.Tensor:
     """σ of the variable `index` under the current posterior (extension point)."""

@@ -28,7 +28,8 @@ class VOGN(vo.VariationalOptimizer):
   σ² = 1 / (N (s + δ̃)),
   ```
 
-  with tempering τ (1 is the Bayesian posterior). The curvature is the **mean of per-example
+  with tempering τ (1 is the Bayesian posterior). With `num_samples` = S > 1, ĝ and ĥ are the
+  averages over S weight samples θ₁..θ_S ~ q drawn for the step. The curvature is the **mean of per-example
   squared gradients**, the Gauss-Newton approximation of the Hessian (Khan et al., 2018, Eq. 10;
   Osawa et al., 2019, Eqs. 4-5), not the square of the minibatch gradient that Vadam uses
   (ĝ² ≈ (1/M²)(Σᵢ gᵢ)², which underestimates it by up to a factor M). A Keras optimizer only sees
@@ -93,7 +94,8 @@ class VOGN(vo.VariationalOptimizer):
       beta_2: decay of the precision statistic s, in [0, 1); β = 1 − beta_2.
       prior_precision: λ > 0, the precision of the N(0, 1/λ) prior on every weight.
       num_examples: N, the number of training examples (required).
-      num_samples: weight samples per step; only 1 is implemented (one sample per Keras step).
+      num_samples: weight samples per step; the gradient and the curvature are averaged over
+        them (Osawa et al., 2019). More than 1 needs `VariationalModel`, which evaluates them.
       tempering: τ > 0 (1 is Bayes; < 1 sharpens the posterior).
       hessian_approximation: "per_example_squared_gradients" (mean of gᵢ²) or "ggn" (exact
         diagonal generalized Gauss-Newton).
@@ -111,11 +113,7 @@ class VOGN(vo.VariationalOptimizer):
     if hessian_approximation not in _APPROXIMATIONS:
       raise ValueError(f"`hessian_approximation` must be one of {_APPROXIMATIONS}, got "
                        f"{hessian_approximation!r}.")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-      raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
-    if num_samples != 1:
-      raise ValueError(f"VOGN supports `num_samples=1` only (one weight sample per training "
-                       f"step), got {num_samples}; use more steps or a larger batch instead.")
+    self._check_num_mc_samples(num_samples, "num_samples")
     if tempering * (1. - beta_2) > 1.:
       raise ValueError(f"tempering·(1 − beta_2) must be ≤ 1 so s stays non-negative, got "
                        f"{tempering * (1. - beta_2)}.")
@@ -134,6 +132,10 @@ class VOGN(vo.VariationalOptimizer):
     return self.hessian_approximation
 
   @property
+  def num_mc_samples(self) -> int:
+    return self.num_samples
+
+  @property
   def _delta(self) -> float:
     """δ̃ = τλ/N."""
     return self.tempering * self.prior_precision / self.num_examples
@@ -146,18 +148,9 @@ class VOGN(vo.VariationalOptimizer):
                      if self.beta_1 > 0 else None)
 
   def _unpack_gradient(self, gradient, variable):
-    if isinstance(gradient, tf.IndexedSlices):
-      gradient = tf.convert_to_tensor(gradient)
-    expected = tf.TensorShape([2]).concatenate(variable.shape)
-    if not gradient.shape.is_compatible_with(expected):
-      if gradient.shape.is_compatible_with(variable.shape):
-        raise ValueError(
-            f"{self.name} needs per-example curvature next to the gradient of {variable.name!r}, "
-            "which a plain `model.fit` does not compute: wrap the model in "
-            "`tfp_ext.keras.VariationalModel(model)` and compile that.")
-      raise ValueError(f"{self.name}: packed gradient of shape {gradient.shape.as_list()} for "
-                       f"variable {variable.name!r}; expected {expected.as_list()}.")
-    return gradient
+    gradient = self._unpack_samples(gradient, variable, [2] + variable.shape.as_list())
+    # [S, 2, ...] → the Monte Carlo means of the gradient and of the curvature.
+    return tf.reduce_mean(gradient, axis=0) if self.num_samples > 1 else gradient
 
   def _update_statistics(self, gradient, index, variable):
     dtype = variable.dtype

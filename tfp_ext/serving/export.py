@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Optional
+from typing import Optional, Union
 
 import tensorflow as tf
 
@@ -22,7 +22,8 @@ from tfp_ext.posterior.predictive import predictive_samples
 from tfp_ext.posterior.predictive import summarize
 from tfp_ext.posterior.weight_posterior import WeightPosterior
 
-__all__ = ["export", "DEFAULT_SIGNATURE", "XLA_SIGNATURE", "INPUT_NAME", "TEMP_PREFIX"]
+__all__ = ["export", "DEFAULT_SIGNATURE", "XLA_SIGNATURE", "INPUT_NAME", "TEMP_PREFIX",
+           "MATERIALIZE_LIMIT_BYTES"]
 
 DEFAULT_SIGNATURE = "serving_default"
 XLA_SIGNATURE = "serving_xla"
@@ -31,6 +32,8 @@ INPUT_NAME = "x"
 # poller (and `tfp_ext.serving.Server`) only consider all-digit directory names as versions.
 TEMP_PREFIX = ".tmp-export-"
 _SEED_SALT = "tfp_ext.serving.export"
+# `materialize_samples="auto"` stores the weight samples when they take at most this much.
+MATERIALIZE_LIMIT_BYTES = 256 * 2**20
 _VERSION_RE = re.compile(r"^[0-9]+$")
 
 
@@ -83,7 +86,8 @@ def _next_version(export_base_dir: str) -> int:
 
 def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples: Optional[int] = 32,
            task: str = "regression", noise_stddev: float = 0.0, version: Optional[int] = None,
-           seed: int = 0, xla_signature: bool = False, materialize_samples: bool = False) -> str:
+           seed: int = 0, xla_signature: bool = False,
+           materialize_samples: Union[bool, str] = "auto") -> str:
   """Writes `export_base_dir/<version>/`, a SavedModel serving the posterior predictive.
 
   Signature `serving_default` takes one float input `x` (batch first) and returns batch-first
@@ -108,11 +112,13 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
     seed: the fixed stateless seed of the in-graph weight samples.
     xla_signature: also add an XLA-compiled signature `serving_xla` (same outputs), for servers
       started with `--xla_cpu_compilation_enabled`; a stock server fails on it.
-    materialize_samples: draw the `num_samples` weight samples once, now, and store them in the
-      export (as a `SampleEnsemble`) instead of the posterior's parameters. The answers are the
-      same (same seed, same samples); each request then skips drawing S×P normals, which is most
-      of the cost of a small request, and the SavedModel holds S copies of the weights instead
-      of two. Worth it unless S × (model size) is too large to load.
+    materialize_samples: True: draw the `num_samples` weight samples once, now, and store them
+      in the export (as a `SampleEnsemble`) instead of the posterior's parameters. The answers
+      are the same (same seed, same samples); each request then skips drawing S×P normals, which
+      is most of the cost of a small request, and the SavedModel holds S copies of the weights
+      instead of two. False: store the posterior's parameters and draw the samples in-graph on
+      every request. "auto" (default): True when the samples take at most
+      `MATERIALIZE_LIMIT_BYTES` (256 MiB, e.g. S = 32 samples of a 2M-weight float32 model).
 
   Returns:
     The path of the written version directory.
@@ -146,6 +152,13 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
     raise ValueError(f"version must be a positive int, got {version!r}.")
   posterior.check_compatible(model.trainable_variables)
   spec = _input_spec(model)
+  if materialize_samples == "auto":
+    sample_bytes = sum(s.shape.num_elements() * s.dtype.size for s in posterior.variable_specs)
+    materialize_samples = (num_samples is not None and
+                           num_samples * sample_bytes <= MATERIALIZE_LIMIT_BYTES)
+  elif not isinstance(materialize_samples, bool):
+    raise ValueError(f"materialize_samples must be True, False or 'auto', got "
+                     f"{materialize_samples!r}.")
   if materialize_samples:
     posterior = SampleEnsemble(posterior.predictive_weights(
         num_samples, seeds.sanitize(seed, salt=_SEED_SALT)))
