@@ -61,3 +61,13 @@ def test_normal_shapes():
   dynamic = tf.function(lambda n: seeds.normal(tf.stack([n, 3]), seed),
                         input_signature=[tf.TensorSpec([], tf.int32)])
   np.testing.assert_array_equal(dynamic(tf.constant(7)).shape, (7, 3))
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_extreme_bits_stay_inside_the_unit_interval(dtype):
+  """All-zero and all-one Philox words must not map to 0 or 1 (log 0 = −∞ in Box-Muller)."""
+  extreme = tf.constant([0, 2**32 - 1, 2**31, 1], tf.uint32)
+  words = tf.stack([extreme, extreme[::-1]]) if dtype == tf.float64 else extreme
+  u = seeds._unit_interval(words, dtype).numpy()  # pylint: disable=protected-access
+  assert np.all(u > 0) and np.all(u < 1), u
+  assert np.all(np.isfinite(np.sqrt(-2 * np.log(u))))
