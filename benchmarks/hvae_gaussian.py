@@ -3,12 +3,25 @@
 The Gaussian model: z ~ N(0, I_d), x_i | z ~ N(z + Delta, diag(sigma^2)), i = 1..N
 (N = 10,000), one z per data set, Delta = (-(d-1)/2, ..., (d-1)/2) / 5 and sigma_j quadratic
 from 1 at the edges down to 0.1 in the middle. theta = (Delta, log sigma) is learned by
-maximizing each method's ELBO with RMSProp (learning rate 1e-3, 10 Monte Carlo samples per
-ELBO, TF1's RMSProp: decay 0.9, accumulator initialized at 1, epsilon 1e-10), from Delta = 0,
-log sigma = 3, as in the paper. The paper runs 30,000 iterations, 10 runs and d up to 301
-(`report(DIMS, 10, 30_000)`); `main` runs 10,000 iterations, 2 runs, d in (1, 3, 11), which fits
-a shared 2-core CPU. The error of a run is ||Delta_hat - Delta||^2 + ||sigma_hat - sigma||^2,
-averaged over runs (independent data sets).
+maximizing each method's ELBO (10 Monte Carlo samples per estimate) from Delta = 0,
+log sigma = 3, as in the paper. The error of a run is
+||Delta_hat - Delta||^2 + ||sigma_hat - sigma||^2, averaged over runs (independent data sets).
+
+Optimizer: the paper's code (github.com/anthonycaterini/hvae-nips, gaussian/experiment_classes.py)
+trains every method with `tf.train.RMSPropOptimizer(0.001)`, i.e. TF1's defaults decay 0.9,
+momentum 0, epsilon 1e-10, whose "rms" accumulator starts at ones (`_create_slots` uses
+`init_ops.ones_initializer`; tensorflow/python/training/rmsprop.py) and whose update is
+`ms = 0.9 ms + 0.1 g^2; var -= lr g / sqrt(ms + epsilon)`. `tf_keras.optimizers.RMSprop` with
+rho=0.9, momentum=0, epsilon=1e-10 applies the same update (epsilon inside the square root) but
+starts its "velocity" accumulator at zeros, so `_Trainer` sets it to ones after `build`.
+
+The paper's protocol (github.com/anthonycaterini/hvae-nips, gaussian/conf.py) is d in `DIMS`,
+10 runs, 30,000 iterations. `main()` runs the 30,000 iterations on the groups of `SWEEP` (10 runs
+for d <= 3, 5 for d = 5, 11, 3 for d = 25, 2 for d = 51, 1 for d = 101, 3 for d = 201, 301 except
+one for the two K = 10 HVAEs), which is what `benchmarks/RESULTS.md` reports;
+`report(dims, runs, iterations)` runs any other sweep, e.g. the paper's `report(DIMS, 10, 30_000)`;
+`main(quick=True)` is a smoke run (d = 1, 3; one run; 3,000 iterations). `exact_ml_errors` gives
+the closed-form maximum-likelihood error on the same data sets as a reference.
 
 Methods:
 * HVAE-T K (K = 1, 10): `TemperedHamiltonianFlow` with fixed (quadratic) tempering,
@@ -19,9 +32,12 @@ Methods:
 * NF-30: 30 planar flows sharing one (u, w, b), q_0 = N(0, I), ELBO by Monte Carlo.
 
 The baseline of the ratio table is VB. The data log-likelihood uses the centered sufficient
-statistics (x_bar, sum_i (x_i - x_bar)^2), exact and free of float32 cancellation.
+statistics (x_bar, sum_i (x_i - x_bar)^2), exact and free of float32 cancellation. Each
+(method, d) compiles one XLA program (`tf.function(jit_compile=True)` around a `tf.while_loop`
+whose body calls `optimizer.apply_gradients`) that serves all its runs.
 """
 
+import json
 import math
 import pathlib
 import time
@@ -29,6 +45,7 @@ import time
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+import tf_keras
 
 from tfp_ext.bijectors import TemperedHamiltonianFlow
 from tfp_ext.vi import hamiltonian_elbo
@@ -41,6 +58,15 @@ NUM_SAMPLES = 10
 LEARNING_RATE = 1e-3
 MAX_STEP = 0.5
 METHODS = ("HVAE-T 1", "HVAE-T 10", "HVAE-noT 10", "VB", "NF-30")
+# The sweep of RESULTS.md: the paper's 30,000 iterations; (dims, runs, methods) per group. On the
+# shared 2-core CPU (load ~12 from other jobs) one run of HVAE-T 10 took ~25 min at d = 101, so
+# the runs are fewer than the paper's 10, and at d = 201, 301 the two K = 10 HVAEs ran once.
+SWEEP_ITERS = 30_000
+SWEEP = (((1, 2, 3), 10, METHODS),
+         ((5, 11, 25), {5: 5, 11: 5, 25: 3}, METHODS),
+         ((51, 101), {51: 2, 101: 1}, METHODS),
+         ((201, 301), 3, ("HVAE-T 1", "VB", "NF-30")),
+         ((201, 301), 1, ("HVAE-T 10", "HVAE-noT 10")))
 PLOT = pathlib.Path(__file__).resolve().parent / "hvae_gaussian.png"
 
 
@@ -60,6 +86,23 @@ def make_data(d, run):
   x = z + delta + sigma * rng.normal(size=(N_DATA, d))
   x_bar = x.mean(0)
   return x_bar, ((x - x_bar)**2).sum(0)
+
+
+def exact_ml_errors(d, run):
+  """(Delta error, sigma error) of the exact maximum-likelihood estimate on data set `run`.
+
+  Per dimension the marginal of x_{1..N} is N(Delta 1, sigma^2 I + 1 1^T), whose likelihood is
+  maximized by Delta = x_bar and by s = sigma^2 solving N s^2 - (S - N (N - 1)) s - S N = 0,
+  S = sum_i (x_i - x_bar)^2, i.e. s = 2 S N / (b + sqrt(b^2 + 4 N^2 S)), b = N (N - 1) - S
+  (the stable form of the positive root). A reference for what exact inference reaches: the
+  ELBO of an exact posterior is the log-likelihood itself.
+  """
+  x_bar, sq_dev = make_data(d, run)
+  delta, sigma = true_parameters(d)
+  n = N_DATA
+  b = n * (n - 1.) - sq_dev
+  s = 2. * sq_dev * n / (b + np.sqrt(b**2 + 4. * n**2 * sq_dev))
+  return float(np.sum((x_bar - delta)**2)), float(np.sum((np.sqrt(s) - sigma)**2))
 
 
 def _log_lik(z, delta, log_sigma, x_bar, sq_dev):
@@ -129,98 +172,224 @@ def _negative_elbo(method, v, delta, log_sigma, x_bar, sq_dev, seed):
   return -tf.reduce_mean(log_joint(z) - prior.log_prob(z0) + log_det)
 
 
-def _trainer(method, d, num_iters):
-  """An XLA-compiled function running the whole optimization; returns (Delta, sigma)."""
+def _optimizer():
+  """TF1's `tf.train.RMSPropOptimizer(1e-3)` as a Keras optimizer (see the module docstring)."""
+  return tf_keras.optimizers.RMSprop(learning_rate=LEARNING_RATE, rho=0.9, momentum=0.,
+                                     epsilon=1e-10, centered=False)
 
-  @tf.function(jit_compile=True)
-  def train(init, x_bar, sq_dev, seed):
-    params = {"delta": tf.zeros([d]), "log_sigma": tf.fill([d], 3.), **init}
-    names = sorted(params)
-    ms = {n: tf.ones_like(params[n]) for n in names}  # TF1 RMSProp starts its accumulator at 1.
 
-    def body(i, params, ms):
+class _Trainer:
+  """The variables, the RMSProp optimizer and the XLA-compiled training loop of one (method, d).
+
+  One instance serves every run of a (method, d): `reset` assigns a run's starting values and
+  re-initializes the optimizer's state (accumulators at 1, iteration count 0), `train` runs
+  iterations `[start, stop)` in one compiled `tf.while_loop`. Iteration i draws its Monte Carlo
+  noise from `fold_in(seed, i)`, so training in several `train` calls gives the same result as
+  one call.
+  """
+
+  def __init__(self, method, d):
+    self.method, self.d = method, d
+    init = _initial_variables(method, d, np.random.default_rng(0))
+    self.variables = {n: tf.Variable(tf.zeros(np.shape(v)), name=n) for n, v in init.items()}
+    self.variables["delta"] = tf.Variable(tf.zeros([d]), name="delta")
+    self.variables["log_sigma"] = tf.Variable(tf.zeros([d]), name="log_sigma")
+    self.names = sorted(self.variables)
+    self.optimizer = _optimizer()
+    self.optimizer.build([self.variables[n] for n in self.names])
+    # TF1's RMSPropOptimizer creates its "rms" slot with ones_initializer (Keras: zeros).
+    self.accumulators = [v for v in self.optimizer.variables if "velocity" in v.name]
+    if len(self.accumulators) != len(self.names):
+      raise RuntimeError(f"expected {len(self.names)} RMSprop accumulators, found "
+                         f"{[v.name for v in self.optimizer.variables]}")
+    self.train = tf.function(self._train, jit_compile=True)
+
+  def reset(self, init):
+    """Starting values: Delta = 0, log sigma = 3 and the method's `init`; fresh optimizer state."""
+    self.variables["delta"].assign(tf.zeros([self.d]))
+    self.variables["log_sigma"].assign(tf.fill([self.d], 3.))
+    for n, v in init.items():
+      self.variables[n].assign(tf.constant(v, tf.float32))
+    for a in self.accumulators:
+      a.assign(tf.ones_like(a))
+    self.optimizer.iterations.assign(0)
+
+  def _train(self, x_bar, sq_dev, seed, start, stop):
+    v = self.variables
+    var_list = [v[n] for n in self.names]
+
+    def body(i):
       with tf.GradientTape() as tape:
-        tape.watch(list(params.values()))
-        loss = _negative_elbo(method, params, params["delta"], params["log_sigma"], x_bar,
-                              sq_dev, tf.random.experimental.stateless_fold_in(seed, i))
-      grads = tape.gradient(loss, params)
-      new_ms, new_params = {}, {}
-      for n in names:
-        new_ms[n] = 0.9 * ms[n] + 0.1 * tf.square(grads[n])
-        new_params[n] = params[n] - LEARNING_RATE * grads[n] / (tf.sqrt(new_ms[n]) + 1e-10)
-      return i + 1, new_params, new_ms
+        loss = _negative_elbo(self.method, v, v["delta"], v["log_sigma"], x_bar, sq_dev,
+                              tf.random.experimental.stateless_fold_in(seed, i))
+      self.optimizer.apply_gradients(zip(tape.gradient(loss, var_list), var_list))
+      return i + 1
 
-    _, params, _ = tf.while_loop(lambda i, p, m: i < num_iters, body, (0, params, ms))
-    return params["delta"], tf.exp(params["log_sigma"])
-
-  return train
+    # An explicit while_loop: with autograph's `for i in tf.range(start, stop)` XLA recompiled
+    # the program on every call (seen in its compilation log); this compiles once per (method, d).
+    tf.while_loop(lambda i: i < stop, body, [start])
+    return tf.identity(v["delta"]), tf.exp(v["log_sigma"])
 
 
-def run(dims, num_runs, num_iters, methods=METHODS, log=print):
-  """errors[method][d] = [(delta_error, sigma_error) per run]."""
+def _errors(delta_hat, sigma_hat, delta, sigma):
+  return (float(np.sum((delta_hat.numpy() - delta)**2)),
+          float(np.sum((sigma_hat.numpy() - sigma)**2)))
+
+
+def run(dims, num_runs, num_iters, methods=METHODS, log=print, results_path=None):
+  """Trains every method on `num_runs` data sets per d.
+
+  Returns `errors[method][d]`, a list over runs of `(delta_error, sigma_error, delta_error_23,
+  sigma_error_23, run)`: the squared errors at the end and after 2/3 of the iterations (a
+  convergence check) and the run's index. Run r of dimension d always uses the same data set,
+  initialization and noise, so runs can be split over processes and merged (`merge_results`).
+  `num_runs` is an int (runs 0..n-1), or a dict {d: int or iterable of run indices}. With
+  `results_path`, the errors are written as JSON after each d, so a partial sweep keeps what it
+  finished.
+  """
   errors = {m: {} for m in methods}
+  checkpoint = (2 * num_iters) // 3
   for d in dims:
-    data = [make_data(d, r) for r in range(num_runs)]
+    runs = num_runs[d] if isinstance(num_runs, dict) else num_runs
+    run_ids = list(range(runs)) if isinstance(runs, int) else list(runs)
+    data = [make_data(d, r) for r in run_ids]
     delta, sigma = true_parameters(d)
     for m in methods:
       t0 = time.time()
-      train = _trainer(m, d, num_iters)
-      rng = np.random.default_rng([d, 7])
+      trainer = _Trainer(m, d)
       out = []
-      for r, (x_bar, sq_dev) in enumerate(data):
-        init = {k: tf.constant(v, tf.float32) for k, v in _initial_variables(m, d, rng).items()}
-        dh, sh = train(init, tf.constant(x_bar, tf.float32), tf.constant(sq_dev, tf.float32),
-                       tf.constant([d, r], tf.int32))
-        out.append((float(np.sum((dh.numpy() - delta)**2)),
-                    float(np.sum((sh.numpy() - sigma)**2))))
+      for r, (x_bar, sq_dev) in zip(run_ids, data):
+        trainer.reset(_initial_variables(m, d, np.random.default_rng([d, 7, r])))
+        args = (tf.constant(x_bar, tf.float32), tf.constant(sq_dev, tf.float32),
+                tf.constant([d, r], tf.int32))
+        # Tensor bounds: one trace and compilation serves both calls and every run.
+        mid = _errors(*trainer.train(*args, tf.constant(0), tf.constant(checkpoint)), delta,
+                      sigma)
+        end = _errors(*trainer.train(*args, tf.constant(checkpoint), tf.constant(num_iters)),
+                      delta, sigma)
+        out.append(end + mid + (r,))
       errors[m][d] = out
-      log(f"  d={d:<4d} {m:<12s} error {np.mean([a + b for a, b in out]):.4g}  "
-          f"({time.time() - t0:.1f} s)")
+      log(f"  d={d:<4d} {m:<12s} error {np.mean([e[0] + e[1] for e in out]):.4g} "
+          f"(at 2/3: {np.mean([e[2] + e[3] for e in out]):.4g}), runs {run_ids}, "
+          f"{time.time() - t0:.1f} s")
+    log("| " + " | ".join([str(d)] + [_mean_se(errors[m][d]) for m in methods]) + " |")
+    if results_path is not None:
+      done = {m: {str(k): v for k, v in by_d.items()} for m, by_d in errors.items()}
+      pathlib.Path(results_path).write_text(json.dumps(
+          {"num_iters": num_iters, "errors": done}, indent=1))
   return errors
+
+
+def merge_results(paths):
+  """`errors[method][d]` merged from the JSON files of several `run(..., results_path=...)`."""
+  errors = {}
+  for path in paths:
+    for m, by_d in json.loads(pathlib.Path(path).read_text())["errors"].items():
+      for d, runs in by_d.items():
+        errors.setdefault(m, {}).setdefault(int(d), []).extend(tuple(e) for e in runs)
+  for by_d in errors.values():
+    for d, runs in by_d.items():
+      ids = [e[4] for e in runs]
+      if len(set(ids)) != len(ids):
+        raise ValueError(f"run indices {sorted(ids)} of d = {d} appear in more than one file")
+      by_d[d] = sorted(runs, key=lambda e: e[4])
+  return errors
+
+
+def _totals(runs, at=0):
+  """Per-run total errors at the end (`at=0`) or after 2/3 of training (`at=2`)."""
+  return np.array([e[at] + e[at + 1] for e in runs])
+
+
+def _mean_se(runs, at=0):
+  """'mean ± standard error over runs' of the total error."""
+  t = _totals(runs, at)
+  if len(t) < 2:
+    return f"{t.mean():.3g}"
+  return f"{t.mean():.3g} ± {t.std(ddof=1) / math.sqrt(len(t)):.2g}"
 
 
 def _plot(errors, dims, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for m, by_d in errors.items():
-    ax.plot(dims, [np.mean([a + b for a, b in by_d[d]]) for d in dims], "o-", label=m)
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for i, (m, by_d) in enumerate(errors.items()):
+    ds = [d for d in dims if d in by_d]
+    totals = [_totals(by_d[d]) for d in ds]
+    mean = np.array([t.mean() for t in totals])
+    se = np.array([t.std(ddof=1) / math.sqrt(len(t)) if len(t) > 1 else 0. for t in totals])
+    # Methods side by side (x shifted by a few percent) so that the error bars stay visible.
+    ax.errorbar(np.array(ds) * 1.04**(i - 2), mean, yerr=se, fmt="o-", ms=4, capsize=3,
+                label=m)
+  ds = [d for d in dims if d in errors["VB"]]
+  ml = [np.mean([sum(exact_ml_errors(d, e[4])) for e in errors["VB"][d]]) for d in ds]
+  ax.plot(ds, ml, "k--", lw=1, label="exact ML (reference)")
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("dimension d")
   ax.set_ylabel(r"$\|\hat\Delta-\Delta\|^2 + \|\hat\sigma-\sigma\|^2$")
+  ax.set_title("Gaussian model (Caterini et al., 2018, Sec. 4.1); bars: standard error",
+               fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def report(dims, num_runs, num_iters, plot_path=None) -> None:
-  """Runs `run(dims, num_runs, num_iters)` and prints the tables (and saves a plot if asked)."""
+def print_tables(errors, dims, methods=METHODS):
+  """Mean error (± standard error), ratio to VB, 2/3-vs-end check and the Delta / sigma split.
+
+  A method not run at some d shows "—"; the runs column counts VB's runs (every method that ran
+  at that d ran on the same data sets, or on the first of them).
+  """
+  dims = [d for d in dims if d in errors.get("VB", {})]
+  head = "| d | runs | " + " | ".join(methods) + " |\n" + "|---" * (len(methods) + 2) + "|"
+  has = lambda m, d: d in errors.get(m, {})
+  total = lambda m, d: _totals(errors[m][d]).mean()
+
+  def table(title, cell):
+    print(title + "\n")
+    print(head)
+    for d in dims:
+      cells = [cell(m, d) if has(m, d) else "—" for m in methods]
+      print(f"| {d} | {len(errors['VB'][d])} | " + " | ".join(cells) + " |")
+
+  table("\nMean over runs of ||Delta_hat - Delta||^2 + ||sigma_hat - sigma||^2 "
+        "(± standard error over runs; (n): the method ran n runs only):",
+        lambda m, d: _mean_se(errors[m][d]) + (
+            f" ({len(errors[m][d])})" if len(errors[m][d]) != len(errors["VB"][d]) else ""))
+  print("\nReference: exact maximum likelihood (closed form, no training) on VB's data sets, "
+        "mean total error and Delta / sigma split:\n")
+  print("| d | runs | exact ML | Delta / sigma |\n|---|---|---|---|")
+  for d in dims:
+    ml = [exact_ml_errors(d, e[4]) for e in errors["VB"][d]]
+    print(f"| {d} | {len(ml)} | {np.mean([a + b for a, b in ml]):.3g} | "
+          f"{np.mean([a for a, _ in ml]):.3g} / {np.mean([b for _, b in ml]):.3g} |")
+  table("\nRatio to the VB baseline (VB on the same data sets; < 1 is more accurate than VB):",
+        lambda m, d: f"{total(m, d) / _vb_total(errors, m, d):.3g}")
+  table("\nConvergence: mean error after 2/3 of the iterations / at the end:",
+        lambda m, d: f"{_totals(errors[m][d], 2).mean() / total(m, d):.3g}")
+  table("\nDelta error / sigma error (means over runs):",
+        lambda m, d: f"{np.mean([e[0] for e in errors[m][d]]):.3g} / "
+                     f"{np.mean([e[1] for e in errors[m][d]]):.3g}")
+
+
+def _vb_total(errors, m, d):
+  """VB's mean error over the runs (data sets) that method m ran at d."""
+  ids = {e[4] for e in errors[m][d]}
+  return np.mean([e[0] + e[1] for e in errors["VB"][d] if e[4] in ids])
+
+
+def report(dims, num_runs, num_iters, plot_path=None, results_path=None,
+           methods=METHODS) -> None:
+  """Runs `run(dims, num_runs, num_iters, methods)`; prints the tables (and saves a plot)."""
   print(f"N = {N_DATA}, runs = {num_runs}, iterations = {num_iters}, "
-        f"{NUM_SAMPLES} samples per ELBO, RMSProp lr {LEARNING_RATE}")
+        f"{NUM_SAMPLES} samples per ELBO, RMSProp lr {LEARNING_RATE}", flush=True)
   t0 = time.time()
-  errors = run(dims, num_runs, num_iters)
-  total = lambda m, d: np.mean([a + b for a, b in errors[m][d]])
-  part = lambda m, d, i: np.mean([e[i] for e in errors[m][d]])
-  print(f"\nMean over {num_runs} runs of ||Delta_hat - Delta||^2 + ||sigma_hat - sigma||^2:\n")
-  print("| d | " + " | ".join(METHODS) + " |")
-  print("|---" * (len(METHODS) + 1) + "|")
-  for d in dims:
-    print(f"| {d} | " + " | ".join(f"{total(m, d):.3g}" for m in METHODS) + " |")
-  print("\nRatio to the VB baseline (same runs; < 1 is more accurate than VB):\n")
-  print("| d | " + " | ".join(METHODS) + " |")
-  print("|---" * (len(METHODS) + 1) + "|")
-  for d in dims:
-    print(f"| {d} | " + " | ".join(f"{total(m, d) / total('VB', d):.3g}" for m in METHODS)
-          + " |")
-  print("\nSplit at the largest d (Delta error / sigma error):\n")
-  dmax = dims[-1]
-  print("| method | Delta error | sigma error |")
-  print("|---|---|---|")
-  for m in METHODS:
-    print(f"| {m} | {part(m, dmax, 0):.3g} | {part(m, dmax, 1):.3g} |")
+  log = lambda s: print(s, flush=True)
+  errors = run(dims, num_runs, num_iters, methods, log=log, results_path=results_path)
+  print_tables(errors, dims)
   if plot_path is not None:
     try:
       _plot(errors, dims, plot_path)
@@ -230,14 +399,31 @@ def report(dims, num_runs, num_iters, plot_path=None) -> None:
   print(f"total time {time.time() - t0:.0f} s")
 
 
+def report_from_results(paths, plot_path=None) -> None:
+  """Prints the tables (and saves the plot) of the merged JSON results of several runs."""
+  merged = merge_results(paths)
+  errors = {m: merged[m] for m in METHODS if m in merged}
+  dims = sorted(errors["VB"])
+  print_tables(errors, dims)
+  if plot_path is not None:
+    _plot(errors, dims, plot_path)
+
+
 def main(quick: bool = False) -> None:
-  """Runs the sweep and prints mean errors, their Delta / sigma split and ratios to VB."""
-  # The paper's sweep, report(DIMS, 10, 30_000), takes days on a shared 2-core CPU; the default
-  # is a reduced sweep that still converges (log sigma needs ~5,300 RMSProp steps from 3).
+  """The sweep of `benchmarks/RESULTS.md` (see the module docstring); `quick`: a smoke run."""
   if quick:
     report((1, 3), 1, 3_000)
-  else:
-    report((1, 3, 11), 2, 10_000, plot_path=PLOT)
+    return
+  print(f"N = {N_DATA}, iterations = {SWEEP_ITERS}, {NUM_SAMPLES} samples per ELBO, "
+        f"RMSProp lr {LEARNING_RATE}; (dims, runs, methods): {SWEEP}", flush=True)
+  errors = {m: {} for m in METHODS}
+  for dims, runs, methods in SWEEP:
+    for m, by_d in run(dims, runs, SWEEP_ITERS, methods,
+                       log=lambda s: print(s, flush=True)).items():
+      for d, runs_of_d in by_d.items():
+        errors[m].setdefault(d, []).extend(runs_of_d)
+  print_tables(errors, DIMS)
+  _plot(errors, DIMS, PLOT)
 
 
 if __name__ == "__main__":
