@@ -29,14 +29,25 @@ S = 32
 
 
 def _timeit(fn, reps, warmup=3):
-  for _ in range(warmup):
-    fn()
-  times = []
+  return _timeit_interleaved({"fn": fn}, reps, warmup)["fn"]
+
+
+def _timeit_interleaved(fns, reps, warmup=3):
+  """Median seconds per call of each function, the functions alternating call by call.
+
+  Alternating makes slow drifts of the machine (other processes, frequency changes) hit every
+  function alike, so ratios of the medians are much steadier than those of separate timing loops.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in fns}
   for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _mlp(in_dim, hidden, out_dim):
@@ -69,9 +80,9 @@ def predictive_vs_deterministic(quick: bool) -> None:
   # What `export` serves by default for a model this size (materialize_samples="auto"): the same
   # S samples, drawn once at export. "predictive" draws them per call (materialize_samples=False).
   fixed = SampleEnsemble(q.sample(S, seed))
-  reps = 5 if quick else 30
+  reps = 5 if quick else 100
   print(f"(b) predictive, S={S} weight samples, vs the deterministic model on {S}·B rows; "
-        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), median of {reps} calls")
+        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), median of {reps} interleaved calls")
   print(f"{'B':>5} {'compile':>8} {'determ. 32·B (ms)':>18} {'predictive (ms)':>16} {'ratio':>6} "
         f"{'weight draw alone (ms)':>22} {'fixed samples (ms)':>18} {'ratio':>6}")
   for batch in ([8, 64] if quick else [8, 64, 256]):
@@ -83,12 +94,14 @@ def predictive_vs_deterministic(quick: bool) -> None:
                          jit_compile=jit)
       draw = tf.function(lambda: tf.add_n([tf.reduce_sum(w) for w in q.sample(S, seed)]),
                          jit_compile=jit)
-      t_det = _timeit(lambda: det(x_big)[0, 0].numpy(), reps)
-      t_pred = _timeit(lambda: pred(x)["mean"][0, 0].numpy(), reps)
-      t_draw = _timeit(lambda: draw().numpy(), reps)
       pred_fixed = tf.function(lambda a: summarize(predictive_samples(model, fixed, a, None, seed)),
                                jit_compile=jit)
-      t_fixed = _timeit(lambda: pred_fixed(x)["mean"][0, 0].numpy(), reps)
+      t = _timeit_interleaved({
+          "det": lambda: det(x_big)[0, 0].numpy(),
+          "pred": lambda: pred(x)["mean"][0, 0].numpy(),
+          "draw": lambda: draw().numpy(),
+          "fixed": lambda: pred_fixed(x)["mean"][0, 0].numpy()}, reps)
+      t_det, t_pred, t_draw, t_fixed = t["det"], t["pred"], t["draw"], t["fixed"]
       print(f"{batch:>5} {'XLA' if jit else 'none':>8} {t_det * 1e3:>18.3f} {t_pred * 1e3:>16.3f} "
             f"{t_pred / t_det:>6.2f} {t_draw * 1e3:>22.3f} {t_fixed * 1e3:>18.3f} "
             f"{t_fixed / t_det:>6.2f}")

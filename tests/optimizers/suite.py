@@ -284,8 +284,15 @@ def check_jit_and_steps_per_execution(case, reference):
   _, opt = train(case, jit_compile=True, steps_per_execution=4)
   assert int(opt.iterations) == reference["iterations"]
   # XLA fuses and reorders float32 arithmetic; the noise itself is identical with and without
-  # XLA (tfp_ext.internal.seeds.normal), so only rounding differs.
-  assert_posteriors_close(posterior_arrays(opt), reference["posterior"], rtol=1e-4, atol=1e-5)
+  # XLA (tfp_ext.internal.seeds.normal), so only rounding differs. The first steps, taken while
+  # the precision is still near the prior's (effective step size α·N/λ), amplify those ulps: one
+  # weight of VOGN with 2 samples ended 5e-4 relative (6e-5 absolute) apart after 8 steps. A real
+  # difference (another noise draw, a sample left out) moves μ and σ by a sizeable fraction of σ,
+  # so the bound is 1e-3 posterior standard deviations on top of 1e-4 relative.
+  (loc, scale), (ref_loc, ref_scale) = posterior_arrays(opt), reference["posterior"]
+  for parts, ref_parts in ((loc, ref_loc), (scale, ref_scale)):
+    for got, want, sigma in zip(parts, ref_parts, ref_scale):
+      np.testing.assert_array_less(np.abs(got - want), 1e-4 * np.abs(want) + 1e-3 * sigma)
 
 
 def check_reproducible(case, reference):
