@@ -79,14 +79,14 @@ def _num_steps(n, batch, epochs):
 class _Trainer:
   """One compiled model for one (dataset, method), re-initialized and retrained on every split."""
 
-  def __init__(self, method: str, d: int, n: int, batch: int, base_seed: int):
+  def __init__(self, method: str, d: int, n: int, batch: int, seed: int):
     self.method, self.d, self.n, self.batch = method, d, n, batch
     self.steps = _num_steps(n, batch, EPOCHS)
     self.noise_var = tf.Variable(1.0, trainable=False, dtype=tf.float32)
     self.model = self._fresh_model(0)
     self.target = (tfp_ext.keras.VariationalModel(self.model) if method == "VOGN"
                    else self.model)
-    self.seed = base_seed
+    self.seed = seed  # Of the weight noise, shared by every split.
     self.opt = None  # Created and compiled by the first fit, with that split's noise variance.
     self._forward = None
 

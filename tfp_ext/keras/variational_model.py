@@ -353,10 +353,9 @@ class VariationalModel(tf_keras.Model):
       if d is None:  # The layer does not reach the loss.
         d = tf.zeros_like(z)
       # d = ∂loss/∂z = wᵢ δᵢ / M, so wᵢ δᵢ² = (M dᵢ)² / wᵢ (0 where wᵢ = 0).
-      scale = tf.square(batch) * tf.ones_like(d[:, :1])
+      sq = tf.square(batch * d)
       if sample_weight is not None:
-        scale = tf.math.divide_no_nan(scale, tf.cast(sample_weight, d.dtype)[:, tf.newaxis])
-      sq = scale * tf.square(d)
+        sq = tf.math.divide_no_nan(sq, tf.cast(sample_weight, d.dtype)[:, tf.newaxis])
       out[position[id(layer.kernel)]] = tf.matmul(tf.square(inputs), sq, transpose_a=True)
       if layer.use_bias:
         out[position[id(layer.bias)]] = tf.reduce_sum(sq, axis=0)
