@@ -10,6 +10,11 @@ The "fixed samples" column is what a default export serves (the samples drawn on
 `materialize_samples="auto"`); "predictive" draws them on every call, as an export with
 `materialize_samples=False` or `tfp_ext.posterior.predictive` with a new seed per call does.
 
+Part (b) runs twice: with TF's CPU kernels as this process has them, and in a child process with
+`TF_ENABLE_ONEDNN_OPTS=1`. TF (and TF Serving) turn the oneDNN kernels on by default only on x86
+CPUs with AVX-512 VNNI / BF16 / AMX; elsewhere the per-sample matmuls run on Eigen's batched
+matmul, which at these sizes takes about twice the time of one matmul over the same rows.
+
 (c) The baseline is the same export's signature called in-process; the ratio is what HTTP, JSON
 and the server add per request. Client threads and the server process share the machine's cores.
 """
@@ -67,6 +72,11 @@ def _posterior(model):
   return MeanFieldGaussian(w, [np.full(v.shape, 0.05, v.dtype) for v in w])
 
 
+def _onednn_enabled() -> bool:
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def predictive_vs_deterministic(quick: bool) -> None:
   """Part (b)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -82,7 +92,8 @@ def predictive_vs_deterministic(quick: bool) -> None:
   fixed = SampleEnsemble(q.sample(S, seed))
   reps = 5 if quick else 100
   print(f"(b) predictive, S={S} weight samples, vs the deterministic model on {S}·B rows; "
-        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), median of {reps} interleaved calls")
+        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), median of {reps} interleaved calls; "
+        f"oneDNN kernels {'on' if _onednn_enabled() else 'off'}")
   print(f"{'B':>5} {'compile':>8} {'determ. 32·B (ms)':>18} {'predictive (ms)':>16} {'ratio':>6} "
         f"{'weight draw alone (ms)':>22} {'fixed samples (ms)':>18} {'ratio':>6}")
   for batch in ([8, 64] if quick else [8, 64, 256]):
@@ -189,6 +200,12 @@ def main(quick: bool = False) -> None:
   """Prints the (b) and (c) tables."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   predictive_vs_deterministic(quick)
+  if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+    # The flag is read when TF loads, so the oneDNN run needs its own process.
+    subprocess.run([sys.executable, "-c", "from benchmarks import serving; "
+                    f"serving.predictive_vs_deterministic({quick})"],
+                   env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1"), check=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   rest_latency(quick)
 
 

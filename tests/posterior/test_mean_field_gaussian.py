@@ -37,8 +37,10 @@ def test_sample_under_xla_matches_eager():
   q = _q()
   f = tf.function(lambda s: q.sample(3, seed=s), jit_compile=True)
   seed = tf.constant([1, 2], tf.int32)
-  for x, y in zip(f(seed), q.sample(3, seed=seed)):
-    np.testing.assert_allclose(x, y, rtol=1e-6)
+  # The normals agree up to the rounding of the Box-Muller angle (≤ 4e-7, see
+  # `seeds._cos_sin_2pi`) times the radius (≤ 5.8): 3e-6 standard deviations.
+  for x, y, scale in zip(f(seed), q.sample(3, seed=seed), q.scale):
+    assert np.all(np.abs(x - y) <= 3e-6 * scale.numpy()), (x, y)
 
 
 @pytest.mark.parametrize("loc, scale, match", [
