@@ -60,8 +60,8 @@ def _compiled(name, make_model, n):
 
 def main(quick: bool = False) -> None:
   """Prints ms per step and ratios to Adam."""
-  repeats = 2 if quick else 5
-  steps = 10 if quick else 30
+  repeats = 2 if quick else 9
+  steps = 10 if quick else 60
   rng = np.random.default_rng(0)
   names = ["Adam", "IVON", "VOGN", "VOGN-ggn"]
   print(f"batch {BATCH}, XLA, median step time over {repeats} interleaved repeats of {steps} "

@@ -73,20 +73,6 @@ def test_extreme_bits_stay_inside_the_unit_interval(dtype):
   assert np.all(np.isfinite(np.sqrt(-2 * np.log(u))))
 
 
-def test_xla_philox_words_equal_tfs_kernel():
-  """Under XLA `philox_bits` runs its own Philox loop; it must give TF's words bit for bit."""
-  assert tf.function(seeds._in_xla_context, jit_compile=True)()  # pylint: disable=protected-access
-  assert not tf.function(seeds._in_xla_context)()  # pylint: disable=protected-access
-  compiled = tf.function(seeds.philox_bits, jit_compile=True)
-  rng = np.random.default_rng(0)
-  for shape in ([0], [1], [3], [4], [5], [2, 4099], [3, 5, 7], [85002]):
-    seed = tf.constant(rng.integers(-2**31, 2**31, size=2), tf.int32)  # Negative words too.
-    expected = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None,
-                                           dtype=tf.uint32, alg="philox")
-    np.testing.assert_array_equal(compiled(tf.constant(shape), seed), expected)
-    np.testing.assert_array_equal(seeds.philox_bits(shape, seed), expected)
-
-
 # Under XLA: one ulp-level error of the reduced series. Without XLA: TF's cos/sin of the rounded
 # angle 2πu, whose rounding (half an ulp of 2π ≈ 2.4e-7 in float32) dominates.
 @pytest.mark.parametrize("dtype, jit, tol", [(np.float32, True, 2e-7), (np.float64, True, 2e-15),

@@ -6,77 +6,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-__all__ = ["sanitize", "fold_in", "normal", "philox_bits", "RNG_ALG"]
+__all__ = ["sanitize", "fold_in", "normal", "RNG_ALG"]
 
 # Philox is measurably faster than auto_select on CPU for the per-step noise draws (it is also
 # what XLA uses on every backend), so all stateless draws of this package name it.
 RNG_ALG = "philox"
-
-# Philox-4x32-10 (Salmon et al., "Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011) with the
-# constants, key schedule and counter layout of TF's `PhiloxRandom` and of its
-# `stateless_random_uniform(alg="philox")` seed scrambling.
-_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
-_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
-_PHILOX_SCRAMBLE_KEY = 0x02461E293EC8F720
-_PHILOX_ROUNDS = 10
-
-
-def _in_xla_context() -> bool:
-  """Whether ops created now will be compiled by XLA (a `jit_compile=True` function)."""
-  try:
-    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-  except (ImportError, AttributeError):  # Only a speed-up depends on it.
-    return False
-
-
-def _mulhilo(a, m):
-  product = tf.cast(a, tf.uint64) * tf.constant(m, tf.uint64)
-  return (tf.cast(tf.bitwise.right_shift(product, tf.constant(32, tf.uint64)), tf.uint32),
-          tf.cast(product, tf.uint32))
-
-
-def _philox_bits_loop(size, seed):
-  """The words of `stateless_uniform([size], seed, dtype=uint32, alg="philox")`, as a loop.
-
-  Compiled by XLA on CPU, this is 2-3x faster than XLA's own expansion of the Philox op, whose
-  ten unrolled rounds it fuses into code that recomputes shared intermediate values; a
-  `tf.while_loop` over the rounds materializes the four counter words between rounds instead.
-  """
-  # The seed scrambling of `stateless_uniform(alg="philox")`: one Philox block of the seed gives
-  # the key (words 0, 1) and the high half of the 128-bit counter (words 2, 3); block i of the
-  # output then has counter (i, 0, words 2, 3), so no carry ever reaches the high half.
-  mix = tf.raw_ops.StatelessRandomUniformFullIntV2(
-      shape=[4], key=tf.constant([_PHILOX_SCRAMBLE_KEY], tf.uint64),
-      counter=tf.cast(seed, tf.uint64), dtype=tf.uint32, alg=1)
-  blocks = (size + 3) // 4
-  c0 = tf.cast(tf.range(blocks), tf.uint32)
-  words = (c0, tf.zeros_like(c0), tf.fill([blocks], mix[2]), tf.fill([blocks], mix[3]))
-  xor = tf.bitwise.bitwise_xor
-
-  def one_round(r, k0, k1, c0, c1, c2, c3):
-    hi0, lo0 = _mulhilo(c0, _PHILOX_M[0])
-    hi1, lo1 = _mulhilo(c2, _PHILOX_M[1])
-    return (r + 1, k0 + tf.constant(_PHILOX_W[0], tf.uint32),
-            k1 + tf.constant(_PHILOX_W[1], tf.uint32),
-            xor(xor(hi1, c1), k0), lo1, xor(xor(hi0, c3), k1), lo0)
-
-  out = tf.while_loop(lambda r, *_: r < _PHILOX_ROUNDS, one_round,
-                      (tf.constant(0), mix[0], mix[1]) + words)
-  return tf.reshape(tf.stack(out[3:], axis=1), [-1])[:size]
-
-
-def philox_bits(shape, seed):
-  """Uniform uint32 words, equal to `tf.random.stateless_uniform(shape, seed, minval=None,
-  maxval=None, dtype=tf.uint32, alg="philox")` with and without XLA.
-
-  Under XLA the words come from `_philox_bits_loop` (faster there), otherwise from TF's kernel.
-  """
-  shape = tf.convert_to_tensor(shape, tf.int32)
-  if _in_xla_context():
-    return tf.reshape(_philox_bits_loop(tf.reduce_prod(shape), seed), shape)
-  return tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32,
-                                     alg=RNG_ALG)
 
 
 def sanitize(seed, salt=None):
@@ -99,6 +33,15 @@ def fold_in(seed, *values):
   for v in values:
     seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(v, tf.int64), alg=RNG_ALG)
   return seed
+
+
+def _in_xla_context() -> bool:
+  """Whether ops created now will be compiled by XLA (a `jit_compile=True` function)."""
+  try:
+    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+  except (ImportError, AttributeError):  # Only speed depends on it: fall back to TF's cos/sin.
+    return False
 
 
 def _unit_interval(bits, dtype):
@@ -131,8 +74,8 @@ def _cos_sin_2pi(u):
   `sin` took most of the time of a compiled training step's noise draw, the angle is reduced
   exactly to a quarter turn, 2πu = k·π/2 + x with |x| ≤ π/4 (4u − k is exact), cos x and sin x
   come from their Taylor series, truncated where the next term is below the dtype's rounding, and
-  are rotated by k quarter turns: about 3x faster there and accurate to about one ulp. The two
-  paths differ by the rounding of 2πu, at most 4e-7 in float32.
+  are rotated by k quarter turns: about twice as fast there, and accurate to about one ulp. The
+  two paths differ by the rounding of 2πu, at most 4e-7 in float32.
   """
   if not _in_xla_context():
     angle = tf.constant(2. * math.pi, u.dtype) * u
@@ -163,8 +106,8 @@ def normal(shape, seed, dtype=tf.float32):
   the Box-Muller transform, √(−2 log u₁)·(cos 2πu₂, sin 2πu₂), both halves used. Inside compiled
   training steps it costs a fraction of an inverse-CDF transform, whose rational approximation
   XLA evaluates on both of its branches for every element; without XLA the two are equally fast.
-  Under XLA the bits come from `philox_bits`'s loop and cos/sin from `_cos_sin_2pi`'s series,
-  both faster there; the bits are identical and cos/sin differ by the rounding of 2πu.
+  Under XLA cos/sin come from `_cos_sin_2pi`'s series (faster there); the two paths differ by
+  the rounding of the angle 2πu.
   With 23-bit float32 uniforms the smallest u₁ is 2⁻²⁴, so the largest |z| is 5.8.
   """
   dtype = tf.as_dtype(dtype)
@@ -173,7 +116,8 @@ def normal(shape, seed, dtype=tf.float32):
   half = (size + 1) // 2
   # Float64 uniforms take two 32-bit words each (see `_unit_interval`).
   words = [2, 2, half] if dtype == tf.float64 else [2, half]
-  bits = philox_bits(tf.stack(words), seed)
+  bits = tf.random.stateless_uniform(tf.stack(words), seed, minval=None, maxval=None,
+                                     dtype=tf.uint32, alg=RNG_ALG)
   u1 = _unit_interval(bits[0], dtype)
   u2 = _unit_interval(bits[1], dtype)
   radius = tf.sqrt(-2. * tf.math.log(u1))
