@@ -11,9 +11,9 @@ The "fixed samples" column is what a default export serves (the samples drawn on
 `materialize_samples=False` or `tfp_ext.posterior.predictive` with a new seed per call does.
 
 Part (b) runs twice: with TF's CPU kernels as this process has them, and in a child process with
-`TF_ENABLE_ONEDNN_OPTS=1`. TF (and TF Serving) turn the oneDNN kernels on by default only on x86
-CPUs with AVX-512 VNNI / BF16 / AMX; elsewhere the per-sample matmuls run on Eigen's batched
-matmul, which at these sizes takes about twice the time of one matmul over the same rows.
+`TF_ENABLE_ONEDNN_OPTS=1`. TF turns the oneDNN kernels on by default only on x86 CPUs with
+AVX-512 VNNI / BF16 / AMX; elsewhere the per-sample matmuls run on Eigen's batched matmul, which
+at these sizes takes about twice the time of one matmul over the same rows.
 
 (c) The baseline is the same export's signature called in-process; the ratio is what HTTP, JSON
 and the server add per request. Client threads and the server process share the machine's cores.
