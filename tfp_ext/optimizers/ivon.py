@@ -134,9 +134,6 @@ class IVON(vo.VariationalOptimizer):
   def num_mc_samples(self) -> int:
     return self.mc_samples
 
-  def _unpack_gradient(self, gradient, variable):
-    return self._unpack_samples(gradient, variable, variable.shape)
-
   def _build_statistics(self, var_list):
     self._hessians = [
         self.add_variable_from_reference(

@@ -84,7 +84,8 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
   `_unpack_gradient(gradient, variable)` to split it. Packing keeps the extra statistics inside
   Keras's own gradient path, so `tf.distribute`'s all-reduce sums them like the gradient (both
   are means over the replica batch scaled by 1/replicas), and nothing bypasses `apply_gradients`.
-  The default `_unpack_gradient` densifies `tf.IndexedSlices` and checks the shape.
+  The default `_unpack_gradient` densifies `tf.IndexedSlices` and checks the shape
+  (through `_unpack_samples`, with the sample axis when `num_mc_samples` > 1).
 
   Several weight samples per step (VOGN's `num_samples`, IVON's `mc_samples`) also go through
   such a model wrapper: a subclass reports `num_mc_samples` = S, the wrapper evaluates sample 0
@@ -239,8 +240,8 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
             f"{self.name} needs more than the batch gradient of {variable.name!r} (per-example "
             "curvature or several weight samples per step), which a plain `model.fit` does not "
             "compute: wrap the model in `tfp_ext.keras.VariationalModel(model)` and compile that.")
-      raise ValueError(f"{self.name}: packed gradient of shape {gradient.shape.as_list()} for "
-                       f"variable {variable.name!r}; expected {expected.as_list()}.")
+      raise ValueError(f"{self.name}: gradient of shape {gradient.shape.as_list()} for variable "
+                       f"{variable.name!r}; expected {expected.as_list()}.")
     return gradient
 
   def _stddev(self, index, variable) -> tf.Tensor:
@@ -254,13 +255,9 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
   # -- The update ---------------------------------------------------------------------------------
 
   def _unpack_gradient(self, gradient, variable):
-    """The gradient as a dense tensor shaped like `variable` (extension point, see class doc)."""
-    if isinstance(gradient, tf.IndexedSlices):
-      gradient = tf.convert_to_tensor(gradient)
-    if not gradient.shape.is_compatible_with(variable.shape):
-      raise ValueError(f"{self.name}: gradient of shape {gradient.shape.as_list()} for variable "
-                       f"{variable.name!r} of shape {variable.shape.as_list()}.")
-    return gradient
+    """The gradient as a dense tensor shaped like `variable`, with a leading axis of size
+    `num_mc_samples` when that is > 1 (extension point, see class doc)."""
+    return self._unpack_samples(gradient, variable, variable.shape)
 
   def _update_statistics(self, gradient, index, variable):
     """Updates the statistics and μ from `gradient` (extension point)."""
