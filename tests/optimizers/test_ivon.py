@@ -54,11 +54,26 @@ def test_logistic_regression_mean_matches_hmc():
   np.testing.assert_array_less(np.abs(loc - hmc_mean), tol)
 
 
+# The hyperparameters of the one-step tests: hess_init, ess, weight decay δ, β₁, β₂, learning rate.
+H0, ESS, DELTA, B1, B2, LR = 0.7, 50., 0.01, 0.8, 0.9, 0.1
+
+
+def _paper_first_step(m0, g_hat, h_hat, clip=np.inf):
+  """Algorithm 1 of Shen et al. (2024), first step (momentum from 0, h from hess_init), in NumPy.
+
+  Returns the new mean m and the new h; σ = 1/√(ess·(h + δ)).
+  """
+  h = B2 * H0 + (1 - B2) * h_hat + 0.5 * (1 - B2)**2 * (H0 - h_hat)**2 / (H0 + DELTA)
+  g_bar = (1 - B1) * g_hat / (1 - B1)  # Momentum after one step, debiased.
+  m = m0 - LR * np.clip((g_bar + DELTA * m0) / (h + DELTA), -clip, clip)
+  return m, h
+
+
 def test_one_step_matches_the_paper_update():
   """One IVON step against Algorithm 1 of Shen et al. (2024) written out in NumPy."""
   var = tf.Variable([0.3, -1.2, 2.0])
-  opt = tfp_ext.optimizers.IVON(learning_rate=0.1, ess=50, hess_init=0.7, beta_1=0.8,
-                                beta_2=0.9, weight_decay=0.01, clip_radius=0.5, seed=4)
+  opt = tfp_ext.optimizers.IVON(learning_rate=LR, ess=ESS, hess_init=H0, beta_1=B1,
+                                beta_2=B2, weight_decay=DELTA, clip_radius=0.5, seed=4)
   opt.build([var])
   m0 = var.numpy().copy()
   theta = m0 + np.array([0.05, -0.02, 0.1], np.float32)  # The sample the gradient is taken at.
@@ -66,15 +81,11 @@ def test_one_step_matches_the_paper_update():
   g = np.array([0.4, -3.0, 1.5], np.float32)
   opt.apply_gradients([(tf.constant(g), var)])
   q = opt.posterior()
-  h0, lam, delta, b1, b2 = 0.7, 50., 0.01, 0.8, 0.9
-  h_hat = g * (theta - m0) * lam * (h0 + delta)
-  mom = (1 - b1) * g
-  h = b2 * h0 + (1 - b2) * h_hat + 0.5 * (1 - b2)**2 * (h0 - h_hat)**2 / (h0 + delta)
-  m = m0 - 0.1 * np.clip((mom / (1 - b1) + delta * m0) / (h + delta), -0.5, 0.5)
+  m, h = _paper_first_step(m0, g, g * (theta - m0) * ESS * (H0 + DELTA), clip=0.5)
   np.testing.assert_allclose(q.loc[0], m, rtol=1e-5)
-  np.testing.assert_allclose(q.scale[0], 1 / np.sqrt(lam * (h + delta)), rtol=1e-5)
+  np.testing.assert_allclose(q.scale[0], 1 / np.sqrt(ESS * (h + DELTA)), rtol=1e-5)
   # The next sample is in the variable: m + σ ε with ε from the (seed, variable, iteration) noise.
-  eps = (var.numpy() - m) * np.sqrt(lam * (h + delta))
+  eps = (var.numpy() - m) * np.sqrt(ESS * (h + DELTA))
   np.testing.assert_allclose(eps, opt.noise(0, 1, var), rtol=1e-4, atol=1e-5)
 
 
@@ -106,12 +117,11 @@ def test_bad_hyperparameters(kwargs, match):
 def test_one_step_with_several_samples_matches_the_paper_update():
   """Algorithm 1 with S = 3 samples: ĝ and ĥ are averages over the samples of the step."""
   var = tf.Variable([0.3, -1.2, 2.0])
-  opt = tfp_ext.optimizers.IVON(learning_rate=0.1, ess=50, hess_init=0.7, beta_1=0.8,
-                                beta_2=0.9, weight_decay=0.01, mc_samples=3, seed=4)
+  opt = tfp_ext.optimizers.IVON(learning_rate=LR, ess=ESS, hess_init=H0, beta_1=B1,
+                                beta_2=B2, weight_decay=DELTA, mc_samples=3, seed=4)
   opt.build([var])
   m0 = var.numpy().copy()
-  h0, lam, delta, b1, b2 = 0.7, 50., 0.01, 0.8, 0.9
-  sigma0 = 1 / np.sqrt(lam * (h0 + delta))
+  sigma0 = 1 / np.sqrt(ESS * (H0 + DELTA))
   theta = [m0 + np.array([0.05, -0.02, 0.1], np.float32)]  # Sample 0: in the variable.
   for j in (1, 2):  # Samples 1, 2: what a model wrapper evaluates, m + σ ε_j.
     drawn = opt.mc_sample([var], j)[0].numpy()
@@ -121,9 +131,7 @@ def test_one_step_with_several_samples_matches_the_paper_update():
   g = np.array([[0.4, -3.0, 1.5], [0.1, 0.2, -0.3], [-1.0, 0.5, 2.5]], np.float32)
   opt.apply_gradients([(tf.constant(g), var)])
   q = opt.posterior()
-  h_hat = np.mean(g * (np.stack(theta) - m0), axis=0) * lam * (h0 + delta)
-  g_mean = g.mean(0)
-  h = b2 * h0 + (1 - b2) * h_hat + 0.5 * (1 - b2)**2 * (h0 - h_hat)**2 / (h0 + delta)
-  m = m0 - 0.1 * ((1 - b1) * g_mean / (1 - b1) + delta * m0) / (h + delta)
+  h_hat = np.mean(g * (np.stack(theta) - m0), axis=0) * ESS * (H0 + DELTA)
+  m, h = _paper_first_step(m0, g.mean(0), h_hat)
   np.testing.assert_allclose(q.loc[0], m, rtol=1e-5)
-  np.testing.assert_allclose(q.scale[0], 1 / np.sqrt(lam * (h + delta)), rtol=1e-5)
+  np.testing.assert_allclose(q.scale[0], 1 / np.sqrt(ESS * (h + DELTA)), rtol=1e-5)
