@@ -3,17 +3,20 @@
 
 (b) The predictive runs the model under S weight samples at once (vectorized over samples), so
 its floor is the deterministic model on S·B rows, which does the same arithmetic; the ratio shows
-what sampling the weights, the batched (per-sample) matmuls and the summary add. Measured as
-served (`tf.function`, not XLA-compiled) and with `jit_compile=True`. Aim: within 1.5×.
+what the per-sample (batched) matmuls, sampling and the summary add. Aim: within 1.5×.
 
-The "fixed samples" column is what a default export serves (the samples drawn once, at export;
-`materialize_samples="auto"`); "predictive" draws them on every call, as an export with
-`materialize_samples=False` or `tfp_ext.posterior.predictive` with a new seed per call does.
+Both sides are measured as exported SavedModels, the way each server runs them:
+- "session": the `serving_default` signature in a TF1 session over the loaded MetaGraph, which
+  is how `tensorflow_model_server` runs a SavedModel (Grappler-optimized graph, no XLA);
+- "eager": the signature of `tf.saved_model.load`, which is how `tfp-ext serve` runs it;
+- "XLA": the `serving_xla` signature, for servers started with `--xla_cpu_compilation_enabled`.
+The deterministic model is exported with the same signatures. "stored samples" is what `export`
+serves by default for a model this size (`materialize_samples="auto"`: the samples drawn once, at
+export); "drawn per call" is an export with `materialize_samples=False`.
 
 Part (b) runs twice: with TF's CPU kernels as this process has them, and in a child process with
 `TF_ENABLE_ONEDNN_OPTS=1`. TF turns the oneDNN kernels on by default only on x86 CPUs with
-AVX-512 VNNI / BF16 / AMX; elsewhere the per-sample matmuls run on Eigen's batched matmul, which
-at these sizes takes about twice the time of one matmul over the same rows.
+AVX-512 VNNI / BF16 / AMX; elsewhere the per-sample matmuls run on Eigen's batched matmul.
 
 (c) The baseline is the same export's signature called in-process; the ratio is what HTTP, JSON
 and the server add per request. Client threads and the server process share the machine's cores.
@@ -77,45 +80,76 @@ def _onednn_enabled() -> bool:
   return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def _export_deterministic(model, path, in_dim):
+  """The plain model as a SavedModel with the export's signatures (plain and XLA-compiled)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  module = tf.Module()
+  module.model = model
+  spec = [tf.TensorSpec([None, in_dim], tf.float32, name="x")]
+  signatures = {name: tf.function(lambda x: {"y": model(x)}, input_signature=spec,
+                                  jit_compile=jit)
+                for name, jit in (("serving_default", False), ("serving_xla", True))}
+  tf.saved_model.save(module, path, signatures=signatures)
+
+
+def _session_call(path):
+  """`serving_default` run as TF Serving runs it: a TF1 session over the loaded MetaGraph."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    session = tf.compat.v1.Session(graph=graph)
+    meta_graph = tf.compat.v1.saved_model.load(session, ["serve"], path)
+  signature = meta_graph.signature_def["serving_default"]
+  (feed,) = [t.name for t in signature.inputs.values()]
+  fetches = [t.name for t in signature.outputs.values()]
+  return lambda x: session.run(fetches, {feed: x})
+
+
+def _eager_call(path, signature):
+  """A signature of `tf.saved_model.load`, as `tfp-ext serve` calls it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  fn = tf.saved_model.load(path).signatures[signature]
+  return lambda x: [t.numpy() for t in fn(x=tf.constant(x)).values()]
+
+
 def predictive_vs_deterministic(quick: bool) -> None:
   """Part (b)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfp_ext.internal import seeds  # pylint: disable=g-import-not-at-top
-  from tfp_ext.posterior import SampleEnsemble, predictive_samples, summarize  # pylint: disable=g-import-not-at-top
+  from tfp_ext.serving import export  # pylint: disable=g-import-not-at-top
 
+  tf.get_logger().setLevel("ERROR")  # The TF1 loader's deprecation notice.
   in_dim, hidden = 16, 128
   model = _mlp(in_dim, hidden, 1)
   q = _posterior(model)
-  seed = seeds.sanitize(0, salt="bench")
-  # What `export` serves by default for a model this size (materialize_samples="auto"): the same
-  # S samples, drawn once at export. "predictive" draws them per call (materialize_samples=False).
-  fixed = SampleEnsemble(q.sample(S, seed))
   reps = 5 if quick else 100
   print(f"(b) predictive, S={S} weight samples, vs the deterministic model on {S}·B rows; "
-        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), median of {reps} interleaved calls; "
-        f"oneDNN kernels {'on' if _onednn_enabled() else 'off'}")
-  print(f"{'B':>5} {'compile':>8} {'determ. 32·B (ms)':>18} {'predictive (ms)':>16} {'ratio':>6} "
-        f"{'weight draw alone (ms)':>22} {'fixed samples (ms)':>18} {'ratio':>6}")
-  for batch in ([8, 64] if quick else [8, 64, 256]):
-    x = tf.random.stateless_normal([batch, in_dim], [1, 2])
-    x_big = tf.random.stateless_normal([S * batch, in_dim], [3, 4])
-    for jit in (False, True):
-      det = tf.function(lambda a: model(a), jit_compile=jit)
-      pred = tf.function(lambda a: summarize(predictive_samples(model, q, a, S, seed)),
-                         jit_compile=jit)
-      draw = tf.function(lambda: tf.add_n([tf.reduce_sum(w) for w in q.sample(S, seed)]),
-                         jit_compile=jit)
-      pred_fixed = tf.function(lambda a: summarize(predictive_samples(model, fixed, a, None, seed)),
-                               jit_compile=jit)
-      t = _timeit_interleaved({
-          "det": lambda: det(x_big)[0, 0].numpy(),
-          "pred": lambda: pred(x)["mean"][0, 0].numpy(),
-          "draw": lambda: draw().numpy(),
-          "fixed": lambda: pred_fixed(x)["mean"][0, 0].numpy()}, reps)
-      t_det, t_pred, t_draw, t_fixed = t["det"], t["pred"], t["draw"], t["fixed"]
-      print(f"{batch:>5} {'XLA' if jit else 'none':>8} {t_det * 1e3:>18.3f} {t_pred * 1e3:>16.3f} "
-            f"{t_pred / t_det:>6.2f} {t_draw * 1e3:>22.3f} {t_fixed * 1e3:>18.3f} "
-            f"{t_fixed / t_det:>6.2f}")
+        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), exported SavedModels, median of {reps} "
+        f"interleaved calls; oneDNN kernels {'on' if _onednn_enabled() else 'off'}")
+  print(f"{'B':>5} {'runtime':>8} {'determ. 32·B (ms)':>18} {'stored samples (ms)':>20} "
+        f"{'ratio':>6} {'drawn per call (ms)':>20} {'ratio':>6}")
+  with tempfile.TemporaryDirectory() as tmp:
+    paths = {"det": os.path.join(tmp, "det")}
+    _export_deterministic(model, paths["det"], in_dim)
+    for name, materialize in (("stored", True), ("drawn", False)):
+      paths[name] = export(model, q, os.path.join(tmp, name), num_samples=S, xla_signature=True,
+                           materialize_samples=materialize)
+    runtimes = {
+        "session": {k: _session_call(p) for k, p in paths.items()},
+        "eager": {k: _eager_call(p, "serving_default") for k, p in paths.items()},
+        "XLA": {k: _eager_call(p, "serving_xla") for k, p in paths.items()},
+    }
+    rng = np.random.default_rng(0)
+    for batch in ([8, 64] if quick else [8, 64, 256]):
+      x = rng.standard_normal([batch, in_dim], dtype=np.float32)
+      x_big = rng.standard_normal([S * batch, in_dim], dtype=np.float32)
+      for runtime, calls in runtimes.items():
+        t = _timeit_interleaved({
+            "det": lambda: calls["det"](x_big),
+            "stored": lambda: calls["stored"](x),
+            "drawn": lambda: calls["drawn"](x)}, reps)
+        print(f"{batch:>5} {runtime:>8} {t['det'] * 1e3:>18.3f} {t['stored'] * 1e3:>20.3f} "
+              f"{t['stored'] / t['det']:>6.2f} {t['drawn'] * 1e3:>20.3f} "
+              f"{t['drawn'] / t['det']:>6.2f}", flush=True)
 
 
 def rest_latency(quick: bool) -> None:
