@@ -73,13 +73,6 @@ def test_extreme_bits_stay_inside_the_unit_interval(dtype):
   assert np.all(np.isfinite(np.sqrt(-2 * np.log(u))))
 
 
-def test_xla_context_is_detected():
-  """The fast cos/sin path depends on seeing XLA at trace time; a TF upgrade must not lose it."""
-  assert tf.function(seeds._in_xla_context, jit_compile=True)()  # pylint: disable=protected-access
-  assert not tf.function(seeds._in_xla_context)()  # pylint: disable=protected-access
-  assert not seeds._in_xla_context()  # pylint: disable=protected-access
-
-
 # Under XLA: one ulp-level error of the reduced series. Without XLA: TF's cos/sin of the rounded
 # angle 2πu, whose rounding (half an ulp of 2π ≈ 2.4e-7 in float32) dominates.
 @pytest.mark.parametrize("dtype, jit, tol", [(np.float32, True, 2e-7), (np.float64, True, 2e-15),

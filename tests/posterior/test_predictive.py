@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from tfp_ext.internal.runtime import onednn_enabled
 from tfp_ext.posterior import MeanFieldGaussian, predictive, predictive_samples, summarize
 
 
@@ -68,16 +69,39 @@ def _mlp_and_posterior():
   return model, q
 
 
-def test_vectorized_samples_equal_per_sample_calls():
+# By default one vectorized group in eager mode and under XLA, four in a plain graph run by TF's
+# Eigen kernels (6 samples → 2, 2, 1, 1). Explicit counts apply everywhere, capped at S.
+@pytest.mark.parametrize("mode, groups", [("eager", None), ("graph", None), ("xla", None),
+                                          ("eager", 3), ("graph", 1), ("xla", 4), ("graph", 9)])
+def test_vectorized_samples_equal_per_sample_calls(mode, groups):
   model, q = _mlp_and_posterior()
   x = tf.random.stateless_normal([5, 4], seed=[2, 3])
-  out = predictive_samples(model, q, x, 6, seed=1)
+  call = lambda x: predictive_samples(model, q, x, 6, seed=1, sample_groups=groups)
+  if mode != "eager":
+    call = tf.function(call, jit_compile=mode == "xla")
+  out = call(x)
+  assert out.shape == (6, 5, 3)
   weights = q.predictive_weights(6, seed=1)
   for i in range(6):
-    layer_out = x
     w = [t[i] for t in weights]
     ref = tf.nn.relu(x @ w[0] + w[1]) @ w[2] + w[3]
     np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_samples_keep_nested_outputs_and_order():
+  inputs = tf_keras.Input((4,))
+  hidden = tf_keras.layers.Dense(8, activation="tanh")(inputs)
+  model = tf_keras.Model(inputs, {"a": tf_keras.layers.Dense(2)(hidden),
+                                  "b": tf_keras.layers.Dense(1)(hidden)})
+  q = MeanFieldGaussian(model.trainable_variables,
+                        [tf.fill(v.shape, 0.1) for v in model.trainable_variables])
+  x = tf.random.stateless_normal([3, 4], seed=[5, 6])
+  eager = predictive_samples(model, q, x, 7, seed=2)  # One group.
+  graph = tf.function(lambda x: predictive_samples(model, q, x, 7, seed=2))(x)  # 2, 2, 2, 1.
+  assert set(graph) == {"a", "b"}
+  for k in eager:
+    assert graph[k].shape == (7, 3) + eager[k].shape[2:]
+    np.testing.assert_allclose(graph[k], eager[k], rtol=1e-6, atol=1e-6)
 
 
 def test_xla_and_deterministic_for_a_fixed_seed():
@@ -111,6 +135,25 @@ def test_concurrent_calls_give_single_thread_answers():
     got = list(pool.map(lambda x: f(x).numpy(), xs))
   for e, g in zip(expected, got):
     np.testing.assert_array_equal(e, g)
+
+
+@pytest.mark.parametrize("jit, groups, expected", [
+    (False, None, 1 if onednn_enabled() else 4), (True, None, 1), (False, 2, 2), (True, 3, 3)])
+def test_default_sample_groups_follow_the_kernels(jit, groups, expected):
+  # The second Dense layer becomes one batched matmul per group.
+  model, q = _mlp_and_posterior()
+  fn = tf.function(lambda x: predictive_samples(model, q, x, 8, seed=1, sample_groups=groups),
+                   jit_compile=jit)
+  graph_def = fn.get_concrete_function(tf.TensorSpec([None, 4])).graph.as_graph_def()
+  nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+  assert sum(n.op == "BatchMatMulV2" for n in nodes) == expected
+
+
+@pytest.mark.parametrize("groups", [0, -2, 1.5, True, "4"])
+def test_bad_sample_groups(groups):
+  model, q = _mlp_and_posterior()
+  with pytest.raises(ValueError, match="sample_groups"):
+    predictive(model, q, tf.zeros([1, 4]), 4, sample_groups=groups)
 
 
 def test_mismatched_posterior_and_bad_task():

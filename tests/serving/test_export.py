@@ -161,6 +161,8 @@ def test_bad_arguments(tmp_path):
     export(model, q, str(tmp_path), task="classification", noise_stddev=0.1)
   with pytest.raises(ValueError, match="version"):
     export(model, q, str(tmp_path), version=0)
+  with pytest.raises(ValueError, match="sample_groups"):
+    export(model, q, str(tmp_path), sample_groups=0)
   with pytest.raises(ValueError, match="Posterior part 0"):
     export(model, other, str(tmp_path))
   with pytest.raises(TypeError, match="WeightPosterior"):
@@ -179,6 +181,18 @@ def test_materialized_samples_give_the_same_answers(regression, tmp_path):
   want = regression.signature()(x=tf.constant(X))
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+def test_sample_groups_do_not_change_the_answers(regression, tmp_path):
+  want = regression.signature()(x=tf.constant(X))  # The default: 4 groups here, 1 in serving_xla.
+  for groups in (1, 3):
+    path = export(regression.model, regression.posterior, str(tmp_path / str(groups)),
+                  num_samples=REG_SAMPLES, noise_stddev=REG_NOISE, seed=3, xla_signature=True,
+                  sample_groups=groups)
+    for name in ("serving_default", "serving_xla"):
+      got = tf.saved_model.load(path).signatures[name](x=tf.constant(X))
+      for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
 
 
 def test_materialize_samples_auto_follows_the_size_limit(regression, tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_ext.internal.runtime import in_xla_context
+
 __all__ = ["sanitize", "fold_in", "normal", "RNG_ALG"]
 
 # Philox is measurably faster than auto_select on CPU for the per-step noise draws (it is also
@@ -33,15 +35,6 @@ def fold_in(seed, *values):
   for v in values:
     seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(v, tf.int64), alg=RNG_ALG)
   return seed
-
-
-def _in_xla_context() -> bool:
-  """Whether ops created now will be compiled by XLA (a `jit_compile=True` function)."""
-  try:
-    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-  except (ImportError, AttributeError):  # Only speed depends on it: fall back to TF's cos/sin.
-    return False
 
 
 def _unit_interval(bits, dtype):
@@ -77,7 +70,7 @@ def _cos_sin_2pi(u):
   are rotated by k quarter turns: about twice as fast there, and accurate to about one ulp. The
   two paths differ by the rounding of 2πu, at most 4e-7 in float32.
   """
-  if not _in_xla_context():
+  if not in_xla_context():
     angle = tf.constant(2. * math.pi, u.dtype) * u
     return tf.cos(angle), tf.sin(angle)
   quarter = tf.round(4. * u)
