@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfp_ext.internal.runtime import in_xla_context
 from tfp_ext.internal.runtime import onednn_enabled
+from tfp_ext.internal.validation import check_positive_int_or_none
 from tfp_ext.posterior.functional import functional_call
 from tfp_ext.posterior.weight_posterior import WeightPosterior
 
@@ -26,12 +27,6 @@ TASKS = ("regression", "classification")
 _SAMPLE_GROUPS = 4
 
 
-def _check_sample_groups(sample_groups) -> None:
-  if sample_groups is not None and (isinstance(sample_groups, bool) or
-                                    not isinstance(sample_groups, int) or sample_groups < 1):
-    raise ValueError(f"sample_groups must be a positive int or None, got {sample_groups!r}.")
-
-
 def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Optional[int], seed,
                        sample_groups: Optional[int] = None):
   """Model outputs under `S` posterior weight samples: a tensor `[S, *model_output_shape]`.
@@ -47,7 +42,7 @@ def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Option
   run by TF's default (Eigen) kernels, 1 under XLA, with TF's oneDNN kernels (as this process has
   them) and in eager mode.
   """
-  _check_sample_groups(sample_groups)
+  check_positive_int_or_none("sample_groups", sample_groups)
   weights = posterior.predictive_weights(num_samples, seed)
 
   def run(group):

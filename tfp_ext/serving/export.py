@@ -16,8 +16,8 @@ from typing import Optional, Union
 import tensorflow as tf
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_positive_int_or_none
 from tfp_ext.posterior.predictive import TASKS
-from tfp_ext.posterior.predictive import _check_sample_groups
 from tfp_ext.posterior.sample_ensemble import SampleEnsemble
 from tfp_ext.posterior.predictive import predictive_samples
 from tfp_ext.posterior.predictive import summarize
@@ -149,9 +149,8 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
                     f"{type(posterior)}.")
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-  if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
-                                  or num_samples < 1):
-    raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}.")
+  check_positive_int_or_none("num_samples", num_samples)
+  check_positive_int_or_none("sample_groups", sample_groups)
   if not noise_stddev >= 0:  # Also rejects NaN.
     raise ValueError(f"noise_stddev must be >= 0, got {noise_stddev}.")
   if task == "classification" and noise_stddev:
@@ -159,7 +158,6 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
   if version is not None and (isinstance(version, bool) or not isinstance(version, int)
                               or version < 1):
     raise ValueError(f"version must be a positive int, got {version!r}.")
-  _check_sample_groups(sample_groups)
   posterior.check_compatible(model.trainable_variables)
   spec = _input_spec(model)
   if materialize_samples == "auto":
