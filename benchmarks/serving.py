@@ -5,15 +5,20 @@
 its floor is the deterministic model on S·B rows, which does the same arithmetic; the ratio shows
 what the per-sample (batched) matmuls, sampling and the summary add. Aim: within 1.5×.
 
+Two MLPs: 16-128-128-1 (regression) and 784-128-128-10 (classification, MNIST-sized inputs).
 Both sides are measured as exported SavedModels, the way each server runs them:
-- "session": the `serving_default` signature in a TF1 session over the loaded MetaGraph, which
-  is how `tensorflow_model_server` runs a SavedModel (Grappler-optimized graph, no XLA);
+- "C API": the `serving_default` signature loaded and run through TF's C API
+  (`TF_LoadSessionFromSavedModel`, `TF_SessionRun`), which is how `tensorflow_model_server` runs
+  a SavedModel (TF's C++ loader and session, Grappler-optimized graph, no XLA);
 - "eager": the signature of `tf.saved_model.load`, which is how `tfp-ext serve` runs it;
 - "XLA": the `serving_xla` signature, for servers started with `--xla_cpu_compilation_enabled`.
 The deterministic model is exported with the same signatures. "stored samples" is what `export`
 serves by default for a model this size (`materialize_samples="auto"`: the samples drawn once, at
-export); "drawn per call" is an export with `materialize_samples=False`. Both use the default
-`sample_groups`, which follows this process's kernels (4 groups with Eigen's, 1 with oneDNN's).
+export); "drawn per call" is an export with `materialize_samples=False`; "read S samples" is a
+SavedModel that only sums S stored weight samples, the floor of any predictive that reads them
+(ratios to the deterministic model). Both exports use the default `sample_groups`, which
+follows this process's kernels (4 groups with Eigen's, 1 with oneDNN's), and copy batches of at
+most 8192 input numbers once per sample.
 
 Part (b) runs twice: with TF's CPU kernels as this process has them, and in a child process with
 `TF_ENABLE_ONEDNN_OPTS=1`. TF turns the oneDNN kernels on by default only on x86 CPUs with
@@ -88,17 +93,66 @@ def _export_deterministic(model, path, in_dim):
   tf.saved_model.save(module, path, signatures=signatures)
 
 
-def _session_call(path):
-  """`serving_default` run as TF Serving runs it: a TF1 session over the loaded MetaGraph."""
+def _export_sample_read(posterior, path, in_dim):
+  """A SavedModel that only reads S stored weight samples (sums them): the predictive's floor at
+  small batches, where it must stream all S samples while the deterministic model reads one copy."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  graph = tf.Graph()
-  with graph.as_default():
-    session = tf.compat.v1.Session(graph=graph)
-    meta_graph = tf.compat.v1.saved_model.load(session, ["serve"], path)
+  module = tf.Module()
+  module.samples = [tf.Variable(w) for w in posterior.predictive_weights(S, seed=0)]
+  spec = [tf.TensorSpec([None, in_dim], tf.float32, name="x")]
+  read = lambda x: {"y": x[:, :1] * 0. + tf.add_n([tf.reduce_sum(w) for w in module.samples])}
+  signatures = {name: tf.function(read, input_signature=spec, jit_compile=jit)
+                for name, jit in (("serving_default", False), ("serving_xla", True))}
+  tf.saved_model.save(module, path, signatures=signatures)
+
+
+def _c_api_call(path):
+  """`serving_default` as `tensorflow_model_server` runs it: TF's C++ loader and session.
+
+  `TF_LoadSessionFromSavedModel` (tag `serve`) and `TF_SessionRun` through TF's C API, the
+  loader `tfp-ext check` uses: a Grappler-optimized graph in a C++ session, no XLA, and no Python
+  between the call and the kernels (a TF1 `Session.run` from Python adds about 0.4-0.5 ms per
+  call, which hides the small-batch ratios).
+  """
+  import ctypes  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.protobuf import meta_graph_pb2  # pylint: disable=g-import-not-at-top
+  # The module, not the `check` function the package exports under the same name.
+  c = importlib.import_module("tfp_ext.serving.check")
+
+  lib = c._load_c_api(disable_xla=False)  # pylint: disable=protected-access
+  status, graph, meta = lib.TF_NewStatus(), lib.TF_NewGraph(), lib.TF_NewBuffer()
+  session = lib.TF_LoadSessionFromSavedModel(lib.TF_NewSessionOptions(), None, path.encode(),
+                                             (ctypes.c_char_p * 1)(b"serve"), 1, graph, meta,
+                                             status)
+  if lib.TF_GetCode(status):
+    raise RuntimeError(lib.TF_Message(status).decode())
+  meta_graph = meta_graph_pb2.MetaGraphDef.FromString(
+      ctypes.string_at(meta.contents.data, meta.contents.length))
   signature = meta_graph.signature_def["serving_default"]
-  (feed,) = [t.name for t in signature.inputs.values()]
-  fetches = [t.name for t in signature.outputs.values()]
-  return lambda x: session.run(fetches, {feed: x})
+
+  def outputs(names):
+    ops = [c._tensor_op(n) for n in names]  # pylint: disable=protected-access
+    return (c._TFOutput * len(ops))(*[  # pylint: disable=protected-access
+        c._TFOutput(lib.TF_GraphOperationByName(graph, op.encode()), i)  # pylint: disable=protected-access
+        for op, i in ops])
+
+  (feed_name,) = [t.name for t in signature.inputs.values()]
+  feed, fetch = outputs([feed_name]), outputs([t.name for t in signature.outputs.values()])
+
+  def call(x):
+    x = np.ascontiguousarray(x, np.float32)
+    tensor = lib.TF_AllocateTensor(1, (ctypes.c_int64 * x.ndim)(*x.shape), x.ndim, x.nbytes)
+    ctypes.memmove(lib.TF_TensorData(tensor), x.ctypes.data, x.nbytes)
+    results = (ctypes.c_void_p * len(fetch))()
+    lib.TF_SessionRun(session, None, feed, (ctypes.c_void_p * 1)(tensor), 1, fetch, results,
+                      len(fetch), None, 0, None, status)
+    lib.TF_DeleteTensor(tensor)
+    if lib.TF_GetCode(status):
+      raise RuntimeError(lib.TF_Message(status).decode())
+    for t in results:
+      lib.TF_DeleteTensor(t)
+  return call
 
 
 def _eager_call(path, signature):
@@ -114,39 +168,44 @@ def predictive_vs_deterministic(quick: bool) -> None:
   from tfp_ext.internal.runtime import onednn_enabled  # pylint: disable=g-import-not-at-top
   from tfp_ext.serving import export  # pylint: disable=g-import-not-at-top
 
-  tf.get_logger().setLevel("ERROR")  # The TF1 loader's deprecation notice.
-  in_dim, hidden = 16, 128
-  model = _mlp(in_dim, hidden, 1)
-  q = _posterior(model)
+  tf.get_logger().setLevel("ERROR")
   reps = 5 if quick else 100
-  print(f"(b) predictive, S={S} weight samples, vs the deterministic model on {S}·B rows; "
-        f"MLP {in_dim}-{hidden}-{hidden}-1 (relu), exported SavedModels, median of {reps} "
-        f"interleaved calls; oneDNN kernels {'on' if onednn_enabled() else 'off'}")
-  print(f"{'B':>5} {'runtime':>8} {'determ. 32·B (ms)':>18} {'stored samples (ms)':>20} "
-        f"{'ratio':>6} {'drawn per call (ms)':>20} {'ratio':>6}")
-  with tempfile.TemporaryDirectory() as tmp:
-    paths = {"det": os.path.join(tmp, "det")}
-    _export_deterministic(model, paths["det"], in_dim)
-    for name, materialize in (("stored", True), ("drawn", False)):
-      paths[name] = export(model, q, os.path.join(tmp, name), num_samples=S, xla_signature=True,
-                           materialize_samples=materialize)
-    runtimes = {
-        "session": {k: _session_call(p) for k, p in paths.items()},
-        "eager": {k: _eager_call(p, "serving_default") for k, p in paths.items()},
-        "XLA": {k: _eager_call(p, "serving_xla") for k, p in paths.items()},
-    }
-    rng = np.random.default_rng(0)
-    for batch in ([8, 64] if quick else [8, 64, 256]):
-      x = rng.standard_normal([batch, in_dim], dtype=np.float32)
-      x_big = rng.standard_normal([S * batch, in_dim], dtype=np.float32)
-      for runtime, calls in runtimes.items():
-        t = _timeit_interleaved({
-            "det": lambda: calls["det"](x_big),
-            "stored": lambda: calls["stored"](x),
-            "drawn": lambda: calls["drawn"](x)}, reps)
-        print(f"{batch:>5} {runtime:>8} {t['det'] * 1e3:>18.3f} {t['stored'] * 1e3:>20.3f} "
-              f"{t['stored'] / t['det']:>6.2f} {t['drawn'] * 1e3:>20.3f} "
-              f"{t['drawn'] / t['det']:>6.2f}", flush=True)
+  hidden = 128
+  for in_dim, out_dim, task in ((16, 1, "regression"), (784, 10, "classification")):
+    model = _mlp(in_dim, hidden, out_dim)
+    q = _posterior(model)
+    print(f"(b) predictive, S={S} weight samples, vs the deterministic model on {S}·B rows; "
+          f"MLP {in_dim}-{hidden}-{hidden}-{out_dim} (relu, {task}), exported SavedModels, "
+          f"median of {reps} interleaved calls; oneDNN kernels "
+          f"{'on' if onednn_enabled() else 'off'}")
+    print(f"{'B':>5} {'runtime':>8} {'determ. 32·B (ms)':>18} {'stored samples (ms)':>20} "
+          f"{'ratio':>6} {'drawn per call (ms)':>20} {'ratio':>6} {'read S samples':>15}")
+    with tempfile.TemporaryDirectory() as tmp:
+      paths = {"det": os.path.join(tmp, "det"), "read": os.path.join(tmp, "read")}
+      _export_deterministic(model, paths["det"], in_dim)
+      _export_sample_read(q, paths["read"], in_dim)
+      for name, materialize in (("stored", True), ("drawn", False)):
+        paths[name] = export(model, q, os.path.join(tmp, name), num_samples=S, task=task,
+                             xla_signature=True, materialize_samples=materialize)
+      runtimes = {
+          "C API": {k: _c_api_call(p) for k, p in paths.items()},
+          "eager": {k: _eager_call(p, "serving_default") for k, p in paths.items()},
+          "XLA": {k: _eager_call(p, "serving_xla") for k, p in paths.items()},
+      }
+      rng = np.random.default_rng(0)
+      for batch in ([1, 8] if quick else [1, 8, 64, 256]):
+        x = rng.standard_normal([batch, in_dim], dtype=np.float32)
+        x_big = rng.standard_normal([S * batch, in_dim], dtype=np.float32)
+        for runtime, calls in runtimes.items():
+          t = _timeit_interleaved({
+              "det": lambda: calls["det"](x_big),
+              "stored": lambda: calls["stored"](x),
+              "drawn": lambda: calls["drawn"](x),
+              "read": lambda: calls["read"](x)}, reps)
+          print(f"{batch:>5} {runtime:>8} {t['det'] * 1e3:>18.3f} {t['stored'] * 1e3:>20.3f} "
+                f"{t['stored'] / t['det']:>6.2f} {t['drawn'] * 1e3:>20.3f} "
+                f"{t['drawn'] / t['det']:>6.2f} {t['read'] / t['det']:>15.2f}", flush=True)
+    print()
 
 
 def rest_latency(quick: bool) -> None:

@@ -9,6 +9,7 @@ import tf_keras
 
 from tfp_ext.internal.runtime import onednn_enabled
 from tfp_ext.posterior import MeanFieldGaussian, predictive, predictive_samples, summarize
+from tfp_ext.posterior.functional import functional_call
 
 
 def _linear_model():
@@ -69,6 +70,14 @@ def _mlp_and_posterior():
   return model, q
 
 
+def _assert_per_sample_answers(out, q, x, n):
+  weights = q.predictive_weights(n, seed=1)
+  for i in range(n):
+    w = [t[i] for t in weights]
+    ref = tf.nn.relu(x @ w[0] + w[1]) @ w[2] + w[3]
+    np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
+
+
 # By default one vectorized group in eager mode and under XLA, four in a plain graph run by TF's
 # Eigen kernels (6 samples → 2, 2, 1, 1). Explicit counts apply everywhere, capped at S.
 @pytest.mark.parametrize("mode, groups", [("eager", None), ("graph", None), ("xla", None),
@@ -81,11 +90,19 @@ def test_vectorized_samples_equal_per_sample_calls(mode, groups):
     call = tf.function(call, jit_compile=mode == "xla")
   out = call(x)
   assert out.shape == (6, 5, 3)
-  weights = q.predictive_weights(6, seed=1)
-  for i in range(6):
-    w = [t[i] for t in weights]
-    ref = tf.nn.relu(x @ w[0] + w[1]) @ w[2] + w[3]
-    np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
+  _assert_per_sample_answers(out, q, x, 6)
+
+
+# A serving signature's batch size is known only when it runs; 5 rows (20 input elements) are
+# copied per sample, 2100 (8400) are not.
+@pytest.mark.parametrize("rows", [5, 2100])
+@pytest.mark.parametrize("jit", [False, True])
+def test_batch_size_known_only_when_run(rows, jit):
+  model, q = _mlp_and_posterior()
+  fn = tf.function(lambda x: predictive_samples(model, q, x, 6, seed=1),
+                   input_signature=[tf.TensorSpec([None, 4])], jit_compile=jit)
+  x = tf.random.stateless_normal([rows, 4], seed=[2, 3])
+  _assert_per_sample_answers(fn(x), q, x, 6)
 
 
 def test_grouped_samples_keep_nested_outputs_and_order():
@@ -102,6 +119,21 @@ def test_grouped_samples_keep_nested_outputs_and_order():
   for k in eager:
     assert graph[k].shape == (7, 3) + eager[k].shape[2:]
     np.testing.assert_allclose(graph[k], eager[k], rtol=1e-6, atol=1e-6)
+
+
+def test_inputs_copied_per_sample_keep_their_structure():
+  a, b = tf_keras.Input((3,), name="a"), tf_keras.Input((2,), name="b")
+  model = tf_keras.Model({"a": a, "b": b}, tf_keras.layers.Dense(2)(
+      tf_keras.layers.Concatenate()([a, tf_keras.layers.Dense(4, activation="relu")(b)])))
+  q = MeanFieldGaussian(model.trainable_variables,
+                        [tf.fill(v.shape, 0.1) for v in model.trainable_variables])
+  x = {"a": tf.random.stateless_normal([5, 3], seed=[1, 1]),
+       "b": tf.random.stateless_normal([5, 2], seed=[1, 2])}
+  out = tf.function(lambda x: predictive_samples(model, q, x, 6, seed=3))(x)
+  weights = q.predictive_weights(6, seed=3)
+  for i in range(6):
+    ref = functional_call(model, [w[i] for w in weights], x)
+    np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_xla_and_deterministic_for_a_fixed_seed():
@@ -137,14 +169,22 @@ def test_concurrent_calls_give_single_thread_answers():
     np.testing.assert_array_equal(e, g)
 
 
-@pytest.mark.parametrize("jit, groups, expected", [
-    (False, None, 1 if onednn_enabled() else 4), (True, None, 1), (False, 2, 2), (True, 3, 3)])
-def test_default_sample_groups_follow_the_kernels(jit, groups, expected):
-  # The second Dense layer becomes one batched matmul per group.
+_GROUPS = 1 if onednn_enabled() else 4
+
+
+# Each Dense layer over a stacked (per-sample) input is one batched matmul per group; over the
+# shared input batch the first is a plain matmul. A batch of at most 8192 input elements is copied
+# per sample (2 rows here), a larger one (4096 rows) is not, and with the batch size unknown both
+# are built and the size picks one when the graph runs. One group under XLA.
+@pytest.mark.parametrize("jit, groups, rows, expected", [
+    (False, None, 2, 2 * _GROUPS), (False, None, 4096, _GROUPS), (False, None, None, 3 * _GROUPS),
+    (True, None, 2, 2), (True, None, 4096, 1), (True, None, None, 3), (False, 2, 4096, 2),
+    (True, 3, 2, 6)])
+def test_default_groups_and_copies_follow_the_kernels(jit, groups, rows, expected):
   model, q = _mlp_and_posterior()
   fn = tf.function(lambda x: predictive_samples(model, q, x, 8, seed=1, sample_groups=groups),
                    jit_compile=jit)
-  graph_def = fn.get_concrete_function(tf.TensorSpec([None, 4])).graph.as_graph_def()
+  graph_def = fn.get_concrete_function(tf.TensorSpec([rows, 4])).graph.as_graph_def()
   nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
   assert sum(n.op == "BatchMatMulV2" for n in nodes) == expected
 
