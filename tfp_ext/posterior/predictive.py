@@ -21,9 +21,11 @@ TASKS = ("regression", "classification")
 # and their ops run concurrently on the inter-op thread pool. Measured on an S = 32, 16-128-128-1
 # MLP served from a TF1 session (2 CPU cores, `benchmarks/serving.py`): one group took 1.2-1.7× /
 # 1.6-2.1× / 2.1-2.6× the deterministic model on 32·B rows at B = 8 / 64 / 256, four 1.1-1.45× /
-# 1.1-1.25× / 1.2-2.0×, eight no better. With oneDNN kernels four groups were slower up to B = 128
-# (B = 8: 1.8-2.1× → 2.5-2.7×); XLA compiles the single vectorized graph well, and in eager mode
-# every group would be traced anew on each call. Those keep one group.
+# 1.1-1.25× / 1.2-2.0×, eight no better. Run through TF's C API (as TF Serving runs an export,
+# without the ~0.4 ms a Python session adds to both sides), four groups against one at B = 8 / 256:
+# 1.50-1.71× vs 2.04-2.13×, 1.37-1.44× vs 2.20-2.47×. With oneDNN kernels four groups were slower
+# up to B = 128 (B = 8: 1.8-2.1× → 2.5-2.7×); XLA compiles the single vectorized graph well, and
+# in eager mode every group would be traced anew on each call. Those keep one group.
 _SAMPLE_GROUPS = 4
 
 # A batch of at most this many input elements (rows × features) is copied once per sample before
