@@ -81,29 +81,30 @@ def _posterior(model):
   return MeanFieldGaussian(w, [np.full(v.shape, 0.05, v.dtype) for v in w])
 
 
-def _export_deterministic(model, path, in_dim):
-  """The plain model as a SavedModel with the export's signatures (plain and XLA-compiled)."""
+def _save(fn, variables, path, in_dim):
+  """Saves `fn` (x -> {"y": ...}) as a SavedModel with the export's signatures (plain and XLA);
+  `variables` (a model or a list of variables) holds what `fn` reads, for the SavedModel to track."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   module = tf.Module()
-  module.model = model
+  module.variables_read = variables
   spec = [tf.TensorSpec([None, in_dim], tf.float32, name="x")]
-  signatures = {name: tf.function(lambda x: {"y": model(x)}, input_signature=spec,
-                                  jit_compile=jit)
+  signatures = {name: tf.function(fn, input_signature=spec, jit_compile=jit)
                 for name, jit in (("serving_default", False), ("serving_xla", True))}
   tf.saved_model.save(module, path, signatures=signatures)
+
+
+def _export_deterministic(model, path, in_dim):
+  """The plain model as a SavedModel with the export's signatures."""
+  _save(lambda x: {"y": model(x)}, model, path, in_dim)
 
 
 def _export_sample_read(posterior, path, in_dim):
   """A SavedModel that only reads S stored weight samples (sums them): the predictive's floor at
   small batches, where it must stream all S samples while the deterministic model reads one copy."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  module = tf.Module()
-  module.samples = [tf.Variable(w) for w in posterior.predictive_weights(S, seed=0)]
-  spec = [tf.TensorSpec([None, in_dim], tf.float32, name="x")]
-  read = lambda x: {"y": x[:, :1] * 0. + tf.add_n([tf.reduce_sum(w) for w in module.samples])}
-  signatures = {name: tf.function(read, input_signature=spec, jit_compile=jit)
-                for name, jit in (("serving_default", False), ("serving_xla", True))}
-  tf.saved_model.save(module, path, signatures=signatures)
+  samples = [tf.Variable(w) for w in posterior.predictive_weights(S, seed=0)]
+  _save(lambda x: {"y": x[:, :1] * 0. + tf.add_n([tf.reduce_sum(w) for w in samples])}, samples,
+        path, in_dim)
 
 
 def _c_api_call(path):
@@ -119,31 +120,18 @@ def _c_api_call(path):
   from tensorflow.core.protobuf import meta_graph_pb2  # pylint: disable=g-import-not-at-top
   # The module, not the `check` function the package exports under the same name.
   c = importlib.import_module("tfp_ext.serving.check")
-
-  lib = c._load_c_api(disable_xla=False)  # pylint: disable=protected-access
-  status, graph, meta = lib.TF_NewStatus(), lib.TF_NewGraph(), lib.TF_NewBuffer()
-  session = lib.TF_LoadSessionFromSavedModel(lib.TF_NewSessionOptions(), None, path.encode(),
-                                             (ctypes.c_char_p * 1)(b"serve"), 1, graph, meta,
-                                             status)
-  if lib.TF_GetCode(status):
-    raise RuntimeError(lib.TF_Message(status).decode())
-  meta_graph = meta_graph_pb2.MetaGraphDef.FromString(
-      ctypes.string_at(meta.contents.data, meta.contents.length))
+  # pylint: disable=protected-access
+  lib = c._load_c_api(disable_xla=False)
+  status = lib.TF_NewStatus()
+  session, graph, _, meta_graph = c._load_session(lib, path, meta_graph_pb2, status)
   signature = meta_graph.signature_def["serving_default"]
-
-  def outputs(names):
-    ops = [c._tensor_op(n) for n in names]  # pylint: disable=protected-access
-    return (c._TFOutput * len(ops))(*[  # pylint: disable=protected-access
-        c._TFOutput(lib.TF_GraphOperationByName(graph, op.encode()), i)  # pylint: disable=protected-access
-        for op, i in ops])
-
   (feed_name,) = [t.name for t in signature.inputs.values()]
-  feed, fetch = outputs([feed_name]), outputs([t.name for t in signature.outputs.values()])
+  fetch_names = [t.name for t in signature.outputs.values()]
+  feed = (c._TFOutput * 1)(c._graph_output(lib, graph, feed_name))
+  fetch = (c._TFOutput * len(fetch_names))(*[c._graph_output(lib, graph, n) for n in fetch_names])
 
   def call(x):
-    x = np.ascontiguousarray(x, np.float32)
-    tensor = lib.TF_AllocateTensor(1, (ctypes.c_int64 * x.ndim)(*x.shape), x.ndim, x.nbytes)
-    ctypes.memmove(lib.TF_TensorData(tensor), x.ctypes.data, x.nbytes)
+    tensor = c._new_tensor(lib, 1, np.ascontiguousarray(x, np.float32))  # 1: TF_FLOAT.
     results = (ctypes.c_void_p * len(fetch))()
     lib.TF_SessionRun(session, None, feed, (ctypes.c_void_p * 1)(tensor), 1, fetch, results,
                       len(fetch), None, 0, None, status)

@@ -54,12 +54,10 @@ def _copy_per_sample(x, n):
 def _input_elements(x):
   """The number of elements of the input batch: an int if static, a scalar tensor if not, or None
   if an input is sparse or ragged (those are not copied)."""
-  if any(isinstance(t, (tf.SparseTensor, tf.RaggedTensor)) for t in tf.nest.flatten(x)):
+  inputs = tf.nest.flatten(x)
+  if not inputs or any(isinstance(t, (tf.SparseTensor, tf.RaggedTensor)) for t in inputs):
     return None
-  sizes = [tf.size(t, out_type=tf.int64) for t in tf.nest.flatten(x)]
-  if not sizes:
-    return None
-  total = tf.add_n(sizes)
+  total = tf.add_n([tf.size(t, out_type=tf.int64) for t in inputs])
   static = tf.get_static_value(total)
   return total if static is None else int(static)
 

@@ -169,13 +169,52 @@ def _tensor_op(name: str):
   return op, int(index or 0)
 
 
+def _graph_output(lib, graph, tensor_name: str):
+  """The `TF_Output` of a tensor name ("op:index"), or None if the op is not in the graph."""
+  op_name, index = _tensor_op(tensor_name)
+  op = lib.TF_GraphOperationByName(graph, op_name.encode())
+  return _TFOutput(op, index) if op else None
+
+
+def _new_tensor(lib, dtype: int, value):
+  """A `TF_Tensor` of TF dtype enum `dtype` holding a copy of the C-contiguous array `value`."""
+  dims = (ctypes.c_int64 * value.ndim)(*value.shape)
+  tensor = lib.TF_AllocateTensor(dtype, dims, value.ndim, value.nbytes)
+  ctypes.memmove(lib.TF_TensorData(tensor), value.ctypes.data, value.nbytes)
+  return tensor
+
+
+def _load_session(lib, export_dir: str, meta_graph_pb2, status):
+  """`TF_LoadSessionFromSavedModel(tags=["serve"])`: (session, graph, options, MetaGraphDef).
+
+  Raises:
+    CheckError: the loader's message; nothing is left allocated.
+  """
+  graph = lib.TF_NewGraph()
+  options = lib.TF_NewSessionOptions()
+  meta = lib.TF_NewBuffer()
+  tags = (ctypes.c_char_p * 1)(b"serve")
+  session = lib.TF_LoadSessionFromSavedModel(options, None, export_dir.encode(), tags, 1, graph,
+                                             meta, status)
+  error = _status_error(lib, status)
+  if error:
+    lib.TF_DeleteBuffer(meta)
+    lib.TF_DeleteSessionOptions(options)
+    lib.TF_DeleteGraph(graph)
+    raise CheckError(error)
+  graph_def = meta_graph_pb2.MetaGraphDef()
+  graph_def.ParseFromString(ctypes.string_at(meta.contents.data, meta.contents.length))
+  lib.TF_DeleteBuffer(meta)
+  return session, graph, options, graph_def
+
+
 def _run_signature(lib, session, graph, name, sig, np, status) -> SignatureReport:
   from tensorflow.core.framework import types_pb2  # pylint: disable=g-import-not-at-top
   np_dtypes = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
                types_pb2.DT_HALF: np.float16, types_pb2.DT_INT32: np.int32,
                types_pb2.DT_INT64: np.int64}
   in_desc = {}
-  feeds, feed_tensors, keep = [], [], []
+  feeds, feed_tensors = [], []
   for key, info in sorted(sig.inputs.items()):
     if info.dtype not in np_dtypes:
       return SignatureReport(name, in_desc, {}, False,
@@ -191,25 +230,19 @@ def _run_signature(lib, session, graph, name, sig, np, status) -> SignatureRepor
     in_desc[key] = dims
     value = np.linspace(-1., 1., int(np.prod(shape))).reshape(shape).astype(np_dtypes[info.dtype])
     value = np.ascontiguousarray(value)
-    c_dims = (ctypes.c_int64 * len(shape))(*shape)
-    tensor = lib.TF_AllocateTensor(info.dtype, c_dims, len(shape), value.nbytes)
-    ctypes.memmove(lib.TF_TensorData(tensor), value.ctypes.data, value.nbytes)
-    keep.append(value)
-    op_name, index = _tensor_op(info.name)
-    op = lib.TF_GraphOperationByName(graph, op_name.encode())
-    if not op:
+    feed = _graph_output(lib, graph, info.name)
+    if feed is None:
       return SignatureReport(name, in_desc, {}, False, f"input tensor {info.name} not in the graph")
-    feeds.append(_TFOutput(op, index))
-    feed_tensors.append(tensor)
+    feeds.append(feed)
+    feed_tensors.append(_new_tensor(lib, info.dtype, value))
   out_keys = sorted(sig.outputs)
   fetches = []
   for key in out_keys:
-    op_name, index = _tensor_op(sig.outputs[key].name)
-    op = lib.TF_GraphOperationByName(graph, op_name.encode())
-    if not op:
+    fetch = _graph_output(lib, graph, sig.outputs[key].name)
+    if fetch is None:
       return SignatureReport(name, in_desc, {}, False,
                              f"output tensor {sig.outputs[key].name} not in the graph")
-    fetches.append(_TFOutput(op, index))
+    fetches.append(fetch)
   c_feeds = (_TFOutput * len(feeds))(*feeds)
   c_feed_values = (ctypes.c_void_p * len(feeds))(*feed_tensors)
   c_fetches = (_TFOutput * len(fetches))(*fetches)
@@ -241,22 +274,11 @@ def _run_signature(lib, session, graph, name, sig, np, status) -> SignatureRepor
 def _worker_one(lib, export_dir: str, meta_graph_pb2, np) -> dict:
   """Loads and runs one export in this process; returns a JSON-able result."""
   status = lib.TF_NewStatus()
-  graph = lib.TF_NewGraph()
-  options = lib.TF_NewSessionOptions()
-  meta = lib.TF_NewBuffer()
-  tags = (ctypes.c_char_p * 1)(b"serve")
-  session = lib.TF_LoadSessionFromSavedModel(options, None, export_dir.encode(), tags, 1, graph,
-                                             meta, status)
-  error = _status_error(lib, status)
-  if error:
-    lib.TF_DeleteBuffer(meta)
-    lib.TF_DeleteSessionOptions(options)
-    lib.TF_DeleteGraph(graph)
+  try:
+    session, graph, options, graph_def = _load_session(lib, export_dir, meta_graph_pb2, status)
+  except CheckError as e:
     lib.TF_DeleteStatus(status)
-    return {"load_error": error}
-  graph_def = meta_graph_pb2.MetaGraphDef()
-  graph_def.ParseFromString(ctypes.string_at(meta.contents.data, meta.contents.length))
-  lib.TF_DeleteBuffer(meta)
+    return {"load_error": str(e)}
   reports = []
   for name, sig in sorted(graph_def.signature_def.items()):
     if name.startswith("__"):  # `__saved_model_init_op` is not a servable signature.
