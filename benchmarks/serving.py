@@ -16,9 +16,10 @@ The deterministic model is exported with the same signatures. "stored samples" i
 serves by default for a model this size (`materialize_samples="auto"`: the samples drawn once, at
 export); "drawn per call" is an export with `materialize_samples=False`; "read S samples" is a
 SavedModel that only sums S stored weight samples, the floor of any predictive that reads them
-(ratios to the deterministic model). Both exports use the default `sample_groups`, which
-follows this process's kernels (4 groups with Eigen's, 1 with oneDNN's), and copy batches of at
-most 8192 input numbers once per sample.
+(ratios to the deterministic model). Both exports use the default `sample_groups`: one plain
+call per sample from 64 rows on, and below that vectorized groups that follow this process's
+kernels (4 with Eigen's, 1 with oneDNN's); batches of at most 8192 input numbers are copied once
+per sample.
 
 Part (b) runs twice: with TF's CPU kernels as this process has them, and in a child process with
 `TF_ENABLE_ONEDNN_OPTS=1`. TF turns the oneDNN kernels on by default only on x86 CPUs with

@@ -1,6 +1,7 @@
 """Predictive summaries against closed forms, vectorization, XLA and thread safety."""
 
 import concurrent.futures
+import re
 
 import numpy as np
 import pytest
@@ -62,8 +63,8 @@ def test_bernoulli_logits():
   assert out["mutual_information"][1] > 0
 
 
-def _mlp_and_posterior():
-  model = tf_keras.Sequential([tf_keras.layers.Dense(16, activation="relu", input_shape=(4,)),
+def _mlp_and_posterior(in_dim=4):
+  model = tf_keras.Sequential([tf_keras.layers.Dense(16, activation="relu", input_shape=(in_dim,)),
                                tf_keras.layers.Dense(3)])
   q = MeanFieldGaussian(model.trainable_variables,
                         [tf.fill(v.shape, 0.05) for v in model.trainable_variables])
@@ -78,46 +79,70 @@ def _assert_per_sample_answers(out, q, x, n):
     np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
 
 
-# By default one vectorized group in eager mode and under XLA, four in a plain graph run by TF's
-# Eigen kernels (6 samples → 2, 2, 1, 1). Explicit counts apply everywhere, capped at S.
-@pytest.mark.parametrize("mode, groups", [("eager", None), ("graph", None), ("xla", None),
-                                          ("eager", 3), ("graph", 1), ("xla", 4), ("graph", 9)])
-def test_vectorized_samples_equal_per_sample_calls(mode, groups):
+# By default one vectorized group in eager mode and under XLA; in a plain graph one plain call per
+# sample from 64 rows on, and below that four groups with TF's Eigen kernels (6 samples → 2, 2, 1,
+# 1), one with oneDNN's. Explicit counts apply everywhere, capped at S.
+@pytest.mark.parametrize("mode, groups, rows", [
+    ("eager", None, 5), ("graph", None, 5), ("graph", None, 64), ("xla", None, 64),
+    ("eager", 3, 5), ("graph", 1, 64), ("xla", 4, 5), ("graph", 9, 5), ("xla", 6, 5)])
+def test_vectorized_samples_equal_per_sample_calls(mode, groups, rows):
   model, q = _mlp_and_posterior()
-  x = tf.random.stateless_normal([5, 4], seed=[2, 3])
+  x = tf.random.stateless_normal([rows, 4], seed=[2, 3])
   call = lambda x: predictive_samples(model, q, x, 6, seed=1, sample_groups=groups)
   if mode != "eager":
     call = tf.function(call, jit_compile=mode == "xla")
   out = call(x)
-  assert out.shape == (6, 5, 3)
+  assert out.shape == (6, rows, 3)
   _assert_per_sample_answers(out, q, x, 6)
 
 
-# A serving signature's batch size is known only when it runs; 5 rows (20 input elements) are
-# copied per sample, 2100 (8400) are not.
-@pytest.mark.parametrize("rows", [5, 2100])
+# A serving signature's batch size is known only when it runs. 5 rows of 4 features (20 input
+# elements) are copied per sample; 40 rows of 300 (12000) are not; 2100 rows run one plain call
+# per sample (and are not copied under XLA).
+@pytest.mark.parametrize("rows, in_dim", [(5, 4), (40, 300), (2100, 4)])
 @pytest.mark.parametrize("jit", [False, True])
-def test_batch_size_known_only_when_run(rows, jit):
-  model, q = _mlp_and_posterior()
+def test_batch_size_known_only_when_run(rows, in_dim, jit):
+  model, q = _mlp_and_posterior(in_dim)
   fn = tf.function(lambda x: predictive_samples(model, q, x, 6, seed=1),
-                   input_signature=[tf.TensorSpec([None, 4])], jit_compile=jit)
-  x = tf.random.stateless_normal([rows, 4], seed=[2, 3])
+                   input_signature=[tf.TensorSpec([None, in_dim])], jit_compile=jit)
+  x = tf.random.stateless_normal([rows, in_dim], seed=[2, 3])
   _assert_per_sample_answers(fn(x), q, x, 6)
 
 
-def test_grouped_samples_keep_nested_outputs_and_order():
+# Sparse inputs are never copied; their batch size still picks the plain per-sample calls.
+@pytest.mark.parametrize("rows", [3, 100])
+def test_sparse_inputs(rows):
+  inputs = tf_keras.Input((4,), sparse=True)
+  model = tf_keras.Model(inputs, tf_keras.layers.Dense(3)(
+      tf_keras.layers.Dense(8, activation="relu")(inputs)))
+  q = MeanFieldGaussian(model.trainable_variables,
+                        [tf.fill(v.shape, 0.1) for v in model.trainable_variables])
+  dense = tf.random.stateless_normal([rows, 4], seed=[1, 2]) * tf.cast(
+      tf.random.stateless_uniform([rows, 4], seed=[3, 4]) < 0.5, tf.float32)
+  fn = tf.function(lambda x: predictive_samples(model, q, x, 6, seed=1),
+                   input_signature=[tf.SparseTensorSpec([None, 4], tf.float32)])
+  out = fn(tf.sparse.from_dense(dense))
+  weights = q.predictive_weights(6, seed=1)
+  for i in range(6):
+    ref = functional_call(model, [w[i] for w in weights], dense)
+    np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, 64])
+def test_grouped_samples_keep_nested_outputs_and_order(rows):
   inputs = tf_keras.Input((4,))
   hidden = tf_keras.layers.Dense(8, activation="tanh")(inputs)
   model = tf_keras.Model(inputs, {"a": tf_keras.layers.Dense(2)(hidden),
                                   "b": tf_keras.layers.Dense(1)(hidden)})
   q = MeanFieldGaussian(model.trainable_variables,
                         [tf.fill(v.shape, 0.1) for v in model.trainable_variables])
-  x = tf.random.stateless_normal([3, 4], seed=[5, 6])
+  x = tf.random.stateless_normal([rows, 4], seed=[5, 6])
   eager = predictive_samples(model, q, x, 7, seed=2)  # One group.
-  graph = tf.function(lambda x: predictive_samples(model, q, x, 7, seed=2))(x)  # 2, 2, 2, 1.
+  # 2, 2, 2, 1 samples at 3 rows with Eigen kernels, one plain call per sample at 64.
+  graph = tf.function(lambda x: predictive_samples(model, q, x, 7, seed=2))(x)
   assert set(graph) == {"a", "b"}
   for k in eager:
-    assert graph[k].shape == (7, 3) + eager[k].shape[2:]
+    assert graph[k].shape == (7, rows) + eager[k].shape[2:]
     np.testing.assert_allclose(graph[k], eager[k], rtol=1e-6, atol=1e-6)
 
 
@@ -169,24 +194,31 @@ def test_concurrent_calls_give_single_thread_answers():
     np.testing.assert_array_equal(e, g)
 
 
-_GROUPS = 1 if onednn_enabled() else 4
+_ONEDNN = onednn_enabled()
 
 
-# Each Dense layer over a stacked (per-sample) input is one batched matmul per group; over the
-# shared input batch the first is a plain matmul. A batch of at most 8192 input elements is copied
-# per sample (2 rows here), a larger one (4096 rows) is not, and with the batch size unknown both
-# are built and the size picks one when the graph runs. One group under XLA.
-@pytest.mark.parametrize("jit, groups, rows, expected", [
-    (False, None, 2, 2 * _GROUPS), (False, None, 4096, _GROUPS), (False, None, None, 3 * _GROUPS),
-    (True, None, 2, 2), (True, None, 4096, 1), (True, None, None, 3), (False, 2, 4096, 2),
-    (True, 3, 2, 6)])
-def test_default_groups_and_copies_follow_the_kernels(jit, groups, rows, expected):
+# Each Dense layer over a stacked (per-sample) input is one batched matmul per vectorized group;
+# over the shared input batch the first is a plain matmul, and a plain call per sample has plain
+# matmuls only. A batch of at most 8192 input elements is copied per sample (2 rows here), a
+# larger one (4096 rows) is not; from 64 rows on each sample is a plain call (4096 and 200 rows),
+# except under XLA. With the batch size unknown every variant is built and the size picks one
+# when the graph runs. Below 64 rows, 4 groups with Eigen kernels, 1 with oneDNN's and under XLA.
+@pytest.mark.parametrize("jit, groups, rows, eigen, onednn", [
+    (False, None, 2, (8, 0), (2, 0)), (False, None, 4096, (0, 16), (0, 16)),
+    (False, None, 200, (0, 16), (0, 16)), (False, None, None, (12, 20), (3, 17)),
+    (True, None, 2, (2, 0), (2, 0)), (True, None, 4096, (1, 1), (1, 1)),
+    (True, None, None, (3, 1), (3, 1)), (False, 2, 4096, (2, 2), (2, 2)),
+    (True, 3, 2, (6, 0), (6, 0)), (False, 8, 2, (0, 16), (0, 16))])
+def test_default_groups_and_copies_follow_the_kernels(jit, groups, rows, eigen, onednn):
   model, q = _mlp_and_posterior()
   fn = tf.function(lambda x: predictive_samples(model, q, x, 8, seed=1, sample_groups=groups),
                    jit_compile=jit)
   graph_def = fn.get_concrete_function(tf.TensorSpec([rows, 4])).graph.as_graph_def()
   nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
-  assert sum(n.op == "BatchMatMulV2" for n in nodes) == expected
+  # vectorized_map leaves the body it vectorized in the graph, unused: "loop_body/…" outside pfor.
+  unused = lambda name: "/pfor/" not in name and re.search(r"(^|/)loop_body(_\d+)?/", name)
+  ops = [n.op for n in nodes if not unused(n.name)]
+  assert (ops.count("BatchMatMulV2"), ops.count("MatMul")) == (onednn if _ONEDNN else eigen)
 
 
 @pytest.mark.parametrize("groups", [0, -2, 1.5, True, "4"])

@@ -17,6 +17,8 @@ __all__ = ["functional_call"]
 _TRACE_LOCK = threading.RLock()
 
 
+# Plain Python over static attributes: autograph would only slow the trace down.
+@tf.autograph.experimental.do_not_convert
 def _variable_slots(model, targets):
   """(owner, attribute name, variable index) for every attribute that holds a target variable."""
   index = {id(v): i for i, v in enumerate(targets)}

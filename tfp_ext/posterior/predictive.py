@@ -15,18 +15,36 @@ __all__ = ["predictive", "predictive_samples", "summarize", "TASKS"]
 TASKS = ("regression", "classification")
 
 
-# Where TF's default (Eigen) CPU kernels run the graph, the samples run in this many groups, each
-# vectorized. One op over all S samples has S-fold intermediates, and Eigen's batched matmul
-# computes its per-sample products one after another; groups have a quarter of the working set
-# and their ops run concurrently on the inter-op thread pool. Measured on an S = 32, 16-128-128-1
-# MLP served from a TF1 session (2 CPU cores, `benchmarks/serving.py`): one group took 1.2-1.7× /
-# 1.6-2.1× / 2.1-2.6× the deterministic model on 32·B rows at B = 8 / 64 / 256, four 1.1-1.45× /
-# 1.1-1.25× / 1.2-2.0×, eight no better. Run through TF's C API (as TF Serving runs an export,
-# without the ~0.4 ms a Python session adds to both sides), four groups against one at B = 8 / 256:
-# 1.50-1.71× vs 2.04-2.13×, 1.37-1.44× vs 2.20-2.47×. With oneDNN kernels four groups were slower
-# up to B = 128 (B = 8: 1.8-2.1× → 2.5-2.7×); XLA compiles the single vectorized graph well, and
-# in eager mode every group would be traced anew on each call. Those keep one group.
+# Where TF's default (Eigen) CPU kernels run the graph, batches of fewer than
+# `_OWN_GRAPH_MIN_ROWS` rows run the samples in this many groups, each vectorized. One op over all
+# S samples has S-fold intermediates, and Eigen's batched matmul computes its per-sample products
+# one after another; groups have a quarter of the working set and their ops run concurrently on
+# the inter-op thread pool. Measured on an S = 32, 16-128-128-1 MLP served from a TF1 session
+# (2 CPU cores, `benchmarks/serving.py`): one group took 1.2-1.7× / 1.6-2.1× / 2.1-2.6× the
+# deterministic model on 32·B rows at B = 8 / 64 / 256, four 1.1-1.45× / 1.1-1.25× / 1.2-2.0×,
+# eight no better. Run through TF's C API (as TF Serving runs an export, without the ~0.4 ms a
+# Python session adds to both sides), four groups against one at B = 8 / 256: 1.50-1.71× vs
+# 2.04-2.13×, 1.37-1.44× vs 2.20-2.47×. With oneDNN kernels four groups were slower up to B = 128
+# (B = 8: 1.8-2.1× → 2.5-2.7×); XLA compiles the single vectorized graph well, and in eager mode
+# every group would be traced anew on each call. Those keep one group.
 _SAMPLE_GROUPS = 4
+
+# From this many rows on, a graph runs each sample faster as a plain call of the model (its own
+# copy of the graph, plain matmuls), with Eigen's kernels and with oneDNN's: Eigen's batched
+# matmul parallelizes inside each per-sample product, one product after another, while separate
+# matmuls run side by side on the inter-op pool. Below it the extra ops cost more than they save.
+# More samples than `_OWN_GRAPH_MAX_GROUPS` run in that many vectorized groups, which bounds the
+# graph. Exports run through TF's C API (2 CPU cores, S = 32, same-process A/B, 150 interleaved
+# rounds), ratio to the deterministic model on 32·B rows at B = 64 / 128 / 256:
+# - Eigen, per-sample calls vs 4 groups, two runs: 16-128-128-1 0.72-0.93× vs 0.88-0.95×,
+#   1.01-1.04× vs 1.20-1.43×, 0.78-0.85× vs 1.05-1.12×; 784-128-128-10 1.22-1.23× vs 1.42-1.45×,
+#   1.11-1.14× vs 1.35-1.40×, 0.96-1.00× vs 1.14-1.19×. At B = 32 one sample per group was slower
+#   (16 inputs: 1.48× vs 1.32×), and below 64 rows the graph that also holds the per-sample branch
+#   took 0-15% longer than one without it (16 inputs at B = 1: 1.92-2.09× vs 1.67-1.98×).
+# - oneDNN, per-sample calls vs 1 group, one run: 16-128-128-1 1.16× vs 1.23×, 0.99× vs 1.19×,
+#   0.94× vs 1.19×; 784-128-128-10 1.30× vs 1.80×, 1.04× vs 1.52×, 0.84× vs 1.39×.
+_OWN_GRAPH_MIN_ROWS = 64
+_OWN_GRAPH_MAX_GROUPS = 32
 
 # A batch of at most this many input elements (rows × features) is copied once per sample before
 # vectorizing, so the first layer's matmul is batched over samples too. With the batch shared, TF
@@ -62,6 +80,36 @@ def _input_elements(x):
   return total if static is None else int(static)
 
 
+def _batch_rows(x):
+  """The batch size of the (first) input: an int if static, a scalar tensor if not, or None if
+  the input has no batch dimension."""
+  inputs = tf.nest.flatten(x)
+  if not inputs:
+    return None
+  t = inputs[0]
+  if isinstance(t, tf.SparseTensor):
+    rows = t.dense_shape[0]
+  elif isinstance(t, tf.RaggedTensor):
+    rows = t.nrows()
+  else:
+    shape = tf.TensorShape(getattr(t, "shape", None))
+    if shape.rank == 0:
+      return None
+    rows = tf.compat.dimension_value(shape[0]) if shape.rank else None
+    if rows is None:
+      rows = tf.shape(t)[0]
+  static = rows if isinstance(rows, int) else tf.get_static_value(rows)
+  return rows if static is None else int(static)
+
+
+def _choose(pred, if_true, if_false):
+  """`if_true()` or `if_false()`: decided now if `pred` is static, else by `tf.cond` at run time."""
+  static = pred if isinstance(pred, bool) else tf.get_static_value(pred)
+  if static is not None:
+    return if_true() if static else if_false()
+  return tf.cond(pred, if_true, if_false)
+
+
 def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Optional[int], seed,
                        sample_groups: Optional[int] = None):
   """Model outputs under `S` posterior weight samples: a tensor `[S, *model_output_shape]`.
@@ -72,20 +120,22 @@ def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Option
   weight (`Conv2D` filters) run as a `tf.while_loop` over the samples instead, which is slower
   but still a single graph.
 
-  `sample_groups` splits the samples into that many groups, each vectorized; the outputs are the
-  same, in the same order. `None` picks the faster on CPU for what will run the ops: 4 in a graph
-  run by TF's default (Eigen) kernels, 1 under XLA, with TF's oneDNN kernels (as this process has
-  them) and in eager mode. A small input batch (at most 8192 elements) is copied per sample
-  before vectorizing, which is faster; the outputs are the same up to float rounding.
+  `sample_groups` splits the samples into that many groups, each vectorized (with one group per
+  sample, each is a plain call of the model); the outputs are the same, in the same order.
+  `None` picks the faster on CPU for what will run the ops: in a graph, one group per sample (at
+  most 32 groups) for batches of 64 rows or more, and below that 4 groups where TF's default
+  (Eigen) kernels run it, 1 where TF's oneDNN kernels do (as this process has them); 1 group
+  under XLA and in eager mode. A small input batch (at most 8192 elements) is copied per sample
+  before vectorizing, which is faster; the outputs are the same up to float rounding. Where the
+  batch size is known only when the graph runs (a serving signature), the graph holds each
+  variant and the batch picks one.
   """
   check_positive_int_or_none("sample_groups", sample_groups)
   weights = posterior.predictive_weights(num_samples, seed)
+  graph_default = sample_groups is None and not (tf.executing_eagerly() or in_xla_context())
   if sample_groups is None:
-    one = tf.executing_eagerly() or in_xla_context() or onednn_enabled()
-    sample_groups = 1 if one else _SAMPLE_GROUPS
+    sample_groups = _SAMPLE_GROUPS if graph_default and not onednn_enabled() else 1
   n = tf.compat.dimension_value(weights[0].shape[0]) if weights else None
-  groups = 1 if n is None else min(sample_groups, n)
-  sizes = [n // groups + (i < n % groups) for i in range(groups)] if groups > 1 else None
 
   def run(group, copy_x):
     if copy_x:
@@ -95,20 +145,28 @@ def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Option
       inputs, fn = group, lambda w: functional_call(model, w, x)
     return tf.vectorized_map(fn, inputs, fallback_to_while_loop=True, warn=False)
 
-  def run_all(copy_x):
-    if sizes is None:
+  def run_all(groups, copy_x):
+    groups = 1 if n is None else min(groups, n)
+    if groups == 1:
       return run(weights, copy_x)
+    if groups == n:  # One plain call per sample; unstacking takes one op per weight.
+      outputs = [functional_call(model, list(w), x) for w in zip(*[tf.unstack(w) for w in weights])]
+      return tf.nest.map_structure(lambda *parts: tf.stack(parts), *outputs)
+    sizes = [n // groups + (i < n % groups) for i in range(groups)]
     outputs = [run(list(g), copy_x) for g in zip(*[tf.split(w, sizes) for w in weights])]
     return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
 
   if not weights:
-    return run_all(False)
+    return run_all(1, False)
   elements = _input_elements(x)
-  if elements is None or isinstance(elements, int):
-    return run_all(elements is not None and elements <= _COPY_MAX_INPUT_ELEMENTS)
-  # The batch size is known only when the graph runs (a serving signature): build both.
-  return tf.cond(elements <= _COPY_MAX_INPUT_ELEMENTS, lambda: run_all(True),
-                 lambda: run_all(False))
+  copy_x = False if elements is None else elements <= _COPY_MAX_INPUT_ELEMENTS
+  vectorized = lambda: _choose(copy_x, lambda: run_all(sample_groups, True),
+                               lambda: run_all(sample_groups, False))
+  rows = _batch_rows(x)
+  if not graph_default or rows is None:
+    return vectorized()
+  return _choose(rows >= _OWN_GRAPH_MIN_ROWS, lambda: run_all(_OWN_GRAPH_MAX_GROUPS, False),
+                 vectorized)
 
 
 def _entropy(p, axis=-1):

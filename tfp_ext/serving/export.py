@@ -122,12 +122,14 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
       instead of two. False: store the posterior's parameters and draw the samples in-graph on
       every request. "auto" (default): True when the samples take at most
       `MATERIALIZE_LIMIT_BYTES` (256 MiB, e.g. S = 32 samples of a 2M-weight float32 model).
-    sample_groups: the signatures run the S samples in this many groups, each vectorized; the
-      answers do not depend on it beyond float rounding. `None` (default): 4 in
-      `serving_default`, which is faster where TF's default (Eigen) CPU kernels run it, and 1 in
-      `serving_xla`; 1 in both if the exporting process runs TF's oneDNN kernels (x86 CPUs with
-      AVX-512 VNNI, BF16 or AMX, or `TF_ENABLE_ONEDNN_OPTS=1`), where one group is faster for
-      small batches. Set it when the serving machine's kernels differ from the exporting one's.
+    sample_groups: the signatures run the S samples in this many groups, each vectorized (with
+      one group per sample, each is a plain call of the model); the answers do not depend on it
+      beyond float rounding. `None` (default), the faster on CPU: in `serving_default`, one plain
+      call per sample (at most 32 groups) for requests of 64 rows or more, decided per request,
+      and below that 4 groups where TF's default (Eigen) CPU kernels run it, 1 group if the
+      exporting process runs TF's oneDNN kernels (x86 CPUs with AVX-512 VNNI, BF16 or AMX, or
+      `TF_ENABLE_ONEDNN_OPTS=1`); 1 group in `serving_xla`. An explicit count applies to every
+      request. Set it when the serving machine's kernels differ from the exporting one's.
 
   Returns:
     The path of the written version directory.
