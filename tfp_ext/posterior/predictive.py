@@ -114,11 +114,13 @@ def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Option
                        sample_groups: Optional[int] = None):
   """Model outputs under `S` posterior weight samples: a tensor `[S, *model_output_shape]`.
 
-  Vectorized over samples with `tf.vectorized_map` (no Python loop, no variable assignment), so it
-  is XLA-compilable and safe to call from many threads at once. Dense, normalization and
-  elementwise layers vectorize into batched matmuls; ops that TF cannot vectorize over a stacked
-  weight (`Conv2D` filters) run as a `tf.while_loop` over the samples instead, which is slower
-  but still a single graph.
+  All S samples run in one call of one graph, with no variable assignment, so it is
+  XLA-compilable and safe to call from many threads at once. The samples are vectorized with
+  `tf.vectorized_map`: Dense, normalization and elementwise layers become batched matmuls; ops
+  that TF cannot vectorize over a stacked weight (`Conv2D` filters) run as a `tf.while_loop` over
+  the samples instead, which is slower but still a single graph. For batches of 64 rows or more a
+  graph (not XLA, not eager) by default holds a plain copy of the model's ops per sample instead,
+  which TF runs side by side; that is faster on CPU (see `sample_groups`).
 
   `sample_groups` splits the samples into that many groups, each vectorized (with one group per
   sample, each is a plain call of the model); the outputs are the same, in the same order.

@@ -2,7 +2,7 @@
 
 The serving signature computes the Monte Carlo posterior predictive in-graph: it draws `S` weight
 samples from the posterior with a fixed stateless seed stored in the export, runs the model under
-all of them, vectorized (`tfp_ext.posterior.predictive_samples`), and summarizes them
+all of them in one graph (`tfp_ext.posterior.predictive_samples`), and summarizes them
 (`tfp_ext.posterior.summarize`). The same input therefore always gives the same answer, and every
 row's answer depends only on that row, so TF Serving's request batching cannot change it.
 """
