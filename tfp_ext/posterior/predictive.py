@@ -70,14 +70,16 @@ def _copy_per_sample(x, n):
 
 
 def _input_elements(x):
-  """The number of elements of the input batch: an int if static, a scalar tensor if not, or None
-  if an input is sparse or ragged (those are not copied)."""
+  """The number of elements of the input batch: an int if the shapes are static, a scalar tensor
+  if not, or None if an input is sparse or ragged (those are not copied)."""
   inputs = tf.nest.flatten(x)
   if not inputs or any(isinstance(t, (tf.SparseTensor, tf.RaggedTensor)) for t in inputs):
     return None
-  total = tf.add_n([tf.size(t, out_type=tf.int64) for t in inputs])
-  static = tf.get_static_value(total)
-  return total if static is None else int(static)
+  # Summed in Python: TF does not fold an AddN of several static sizes into a constant.
+  sizes = [tf.TensorShape(t.shape).num_elements() for t in inputs]
+  if None not in sizes:
+    return sum(sizes)
+  return tf.add_n([tf.size(t, out_type=tf.int64) for t in inputs])
 
 
 def _batch_rows(x):
@@ -87,19 +89,16 @@ def _batch_rows(x):
   if not inputs:
     return None
   t = inputs[0]
+  shape = tf.TensorShape(getattr(t, "shape", None))
+  if shape.rank == 0:
+    return None
+  if shape.rank and shape[0] is not None:
+    return shape[0]
   if isinstance(t, tf.SparseTensor):
-    rows = t.dense_shape[0]
-  elif isinstance(t, tf.RaggedTensor):
-    rows = t.nrows()
-  else:
-    shape = tf.TensorShape(getattr(t, "shape", None))
-    if shape.rank == 0:
-      return None
-    rows = tf.compat.dimension_value(shape[0]) if shape.rank else None
-    if rows is None:
-      rows = tf.shape(t)[0]
-  static = rows if isinstance(rows, int) else tf.get_static_value(rows)
-  return rows if static is None else int(static)
+    return t.dense_shape[0]
+  if isinstance(t, tf.RaggedTensor):
+    return t.nrows()
+  return tf.shape(t)[0]
 
 
 def _choose(pred, if_true, if_false):
