@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from tfp_ext.internal.validation import check_int
+
 __all__ = ["make_gap_data", "build_model", "run", "NOISE_STDDEV", "MODEL_NAME"]
 
 NOISE_STDDEV = 0.1
@@ -93,8 +95,7 @@ def run(output_dir: str = ".", epochs: Optional[int] = None, serve: bool = True,
     `stddev`, `epistemic_stddev` (the served predictive on a grid over [-4, 4]) and, when
     serving, `url`, `request`, `response`.
   """
-  if epochs is not None and epochs < 1:
-    raise ValueError(f"epochs must be >= 1, got {epochs}.")
+  epochs = check_int("epochs", epochs, allow_none=True)
   epochs = 150 if epochs is None else epochs
   start = time.monotonic()
 

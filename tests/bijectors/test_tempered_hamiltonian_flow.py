@@ -303,7 +303,8 @@ _TARGET = lambda z: -0.5 * tf.reduce_sum(tf.square(z), -1)
     (dict(tempering="none", initial_inverse_temperature=0.5), ValueError, "beta_0 = 1"),
     (dict(alphas=[0.5, 0.5, 0.5]), ValueError, "free"),
     (dict(num_steps=0), ValueError, "num_steps"),
-    (dict(num_steps=2.5), TypeError, "num_steps"),
+    (dict(num_steps=2.5), ValueError, "num_steps"),
+    (dict(num_steps=True), ValueError, "num_steps"),
     (dict(target_log_prob_fn=3.), TypeError, "callable"),
 ])
 def test_bad_arguments(kwargs, error, match):

@@ -11,6 +11,7 @@ from tensorflow_probability.python.internal import parameter_properties
 from tensorflow_probability.python.internal import tensor_util
 
 from tfp_ext.internal import leapfrog
+from tfp_ext.internal.validation import check_int
 
 __all__ = ["TemperedHamiltonianFlow"]
 
@@ -126,10 +127,7 @@ class TemperedHamiltonianFlow(bijector_lib.Bijector):
     parameters = dict(locals())
     if not callable(target_log_prob_fn):
       raise TypeError(f"`target_log_prob_fn` must be callable, got {type(target_log_prob_fn)}.")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-      raise TypeError(f"`num_steps` must be a Python int, got {num_steps!r}.")
-    if num_steps < 1:
-      raise ValueError(f"`num_steps` must be >= 1, got {num_steps}.")
+    num_steps = check_int("num_steps", num_steps)
     if tempering not in _TEMPERINGS:
       raise ValueError(f"`tempering` must be one of {_TEMPERINGS}, got {tempering!r}.")
     if step_size is None:

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_int
 
 __all__ = [
     "ControlVariate", "batch_ndims_of", "check_data", "full_data_target", "make_control_variate",
@@ -53,9 +54,8 @@ def check_data(data, batch_size):
     raise ValueError(f"All tensors in `data` must have the same leading dimension N, got "
                      f"{sorted(sizes)}.")
   num_examples = sizes.pop()
-  if not isinstance(batch_size, int) or isinstance(batch_size, bool):
-    raise TypeError(f"`batch_size` must be a Python int, got {batch_size!r}.")
-  if not 1 <= batch_size <= num_examples:
+  batch_size = check_int("batch_size", batch_size)
+  if batch_size > num_examples:
     raise ValueError(f"`batch_size` must be in [1, N={num_examples}], got {batch_size}.")
   return num_examples
 

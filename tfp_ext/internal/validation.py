@@ -1,9 +1,28 @@
 """Argument checks shared by the public functions, with errors that name the argument."""
 
-__all__ = ["check_positive_int_or_none"]
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["check_int", "check_positive_int_or_none"]
 
 
-def check_positive_int_or_none(name: str, value) -> None:
-  """Raises a ValueError unless `value` is None or an int >= 1 (bools are rejected)."""
-  if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-    raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+def check_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> Optional[int]:
+  """`value` as a Python int, or a ValueError that names `name`.
+
+  Accepts Python and NumPy integers >= `minimum` (and None if `allow_none`); rejects bools,
+  floats and strings, so `num_steps=2.5` or `True` is an error rather than a silent cast. The
+  result is a plain int, so it serializes in a Keras config.
+  """
+  if value is None and allow_none:
+    return None
+  if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+      or value < minimum):
+    kind = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+    raise ValueError(f"`{name}` must be {kind}{' or None' if allow_none else ''}, got {value!r}.")
+  return int(value)
+
+
+def check_positive_int_or_none(name: str, value) -> Optional[int]:
+  """`value` as an int >= 1, or None; a ValueError naming `name` otherwise."""
+  return check_int(name, value, allow_none=True)

@@ -10,6 +10,7 @@ from tfp_ext.bijectors.householder_sylvester import HouseholderSylvester
 from tfp_ext.bijectors.orthogonal_sylvester import OrthogonalSylvester
 from tfp_ext.bijectors.planar import Planar
 from tfp_ext.bijectors.triangular_sylvester import TriangularSylvester
+from tfp_ext.internal.validation import check_int
 
 __all__ = ["AmortizedSylvesterFlow"]
 
@@ -86,10 +87,9 @@ class AmortizedSylvesterFlow(tf_keras.layers.Layer):
     super().__init__(**kwargs)
     if flow_type not in FLOW_TYPES:
       raise ValueError(f"flow_type must be one of {FLOW_TYPES}, got {flow_type!r}.")
-    for arg, value in (("event_size", event_size), ("num_layers", num_layers),
-                       ("num_householder", num_householder)):
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{arg}` must be a positive int, got {value!r}.")
+    event_size = check_int("event_size", event_size)
+    num_layers = check_int("num_layers", num_layers)
+    num_householder = check_int("num_householder", num_householder)
     num_columns = event_size if num_columns is None else num_columns
     if flow_type == "orthogonal" and not 1 <= num_columns <= event_size:
       raise ValueError(f"`num_columns` must be in [1, event_size={event_size}], got "

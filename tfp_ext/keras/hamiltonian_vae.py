@@ -10,6 +10,7 @@ import tf_keras
 
 from tfp_ext.bijectors.tempered_hamiltonian_flow import TemperedHamiltonianFlow
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_int
 from tfp_ext.vi.hamiltonian_elbo import hamiltonian_elbo
 
 __all__ = ["HamiltonianVAE"]
@@ -100,18 +101,15 @@ class HamiltonianVAE(tf_keras.Model):
       raise ValueError(f"`tempering` must be one of {_TEMPERINGS}, got {tempering!r}.")
     if likelihood not in _LIKELIHOODS:
       raise ValueError(f"`likelihood` must be one of {_LIKELIHOODS}, got {likelihood!r}.")
-    if not (isinstance(latent_size, int) and latent_size >= 1):
-      raise ValueError(f"`latent_size` must be a positive int, got {latent_size!r}.")
-    if not (isinstance(num_steps, int) and num_steps >= 1):
-      raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+    latent_size = check_int("latent_size", latent_size)
+    num_steps = check_int("num_steps", num_steps)
     if not 0 < initial_step_size < max_step_size:
       raise ValueError(f"`initial_step_size` must be in (0, max_step_size={max_step_size}), got "
                        f"{initial_step_size}.")
     if tempering != "none" and not 0 < initial_inverse_temperature < 1:
       raise ValueError("`initial_inverse_temperature` must be in (0, 1) to be learned through a "
                        f"sigmoid, got {initial_inverse_temperature}.")
-    if not (isinstance(num_elbo_samples, int) and num_elbo_samples >= 1):
-      raise ValueError(f"`num_elbo_samples` must be a positive int, got {num_elbo_samples!r}.")
+    num_elbo_samples = check_int("num_elbo_samples", num_elbo_samples)
     self.encoder = encoder
     self.decoder = decoder
     self.latent_size = latent_size

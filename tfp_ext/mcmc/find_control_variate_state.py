@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfp_ext.internal import seeds
 from tfp_ext.internal import stochastic_gradients as sg
+from tfp_ext.internal.validation import check_int
 
 __all__ = ["find_control_variate_state"]
 
@@ -56,8 +57,7 @@ def find_control_variate_state(log_prior_fn: Callable[[Any], tf.Tensor],
   if batch_size is not None:
     sg.check_data(data, batch_size)
   batch_size = batch_size or num_examples
-  if not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+  num_steps = check_int("num_steps", num_steps)
   sg.check_positive("learning_rate", learning_rate)
   parts, is_list = sg.prepare_state(initial_state)
   seed = seeds.sanitize(seed if seed is not None else 0, salt="find_control_variate_state")

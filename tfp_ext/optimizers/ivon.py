@@ -6,6 +6,7 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras
 
+from tfp_ext.internal.validation import check_int
 from tfp_ext.optimizers import variational_optimizer as vo
 
 __all__ = ["IVON"]
@@ -115,7 +116,7 @@ class IVON(vo.VariationalOptimizer):
     if isinstance(clip_radius, bool) or not isinstance(clip_radius, (int, float)) or not (
         clip_radius > 0):
       raise ValueError(f"`clip_radius` must be > 0 (inf for no clipping), got {clip_radius!r}.")
-    self._check_num_mc_samples(mc_samples, "mc_samples")
+    mc_samples = check_int("mc_samples", mc_samples)
     ess_int = int(round(ess))
     self.ess = float(ess)
     self.hess_init = float(hess_init)

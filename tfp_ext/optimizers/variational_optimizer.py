@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_int
 from tfp_ext.posterior.mean_field_gaussian import MeanFieldGaussian
 
 __all__ = ["VariationalOptimizer"]
@@ -132,8 +133,7 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
       raise ValueError(
           f"{name} needs `num_examples`, the number of training examples N: it scales the "
           "likelihood against the prior and sets the posterior variance 1/(N·s + λ).")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
-      raise ValueError(f"`num_examples` must be a positive int, got {num_examples!r}.")
+    num_examples = check_int("num_examples", num_examples)
     _check_positive("prior_precision", prior_precision)
     _check_positive("init_precision", init_precision, allow_none=True)
     if init_precision is not None and init_precision < prior_precision:
@@ -145,8 +145,7 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
     if seed is None:
       # Resolved once, so that get_config reproduces this optimizer's noise.
       seed = random.SystemRandom().randrange(2**31)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-      raise ValueError(f"`seed` must be a non-negative int or None, got {seed!r}.")
+    seed = check_int("seed", seed, minimum=0)
     super().__init__(name=name, use_ema=False, weight_decay=None, **kwargs)
     self._learning_rate = self._build_learning_rate(learning_rate)
     self.prior_precision = float(prior_precision)
@@ -220,11 +219,6 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
     return [self._means[index] + self._stddev(index, v) * self.noise(index, self.iterations, v,
                                                                       sample)
             for index, v in zip(self._indices(var_list), var_list)]
-
-  def _check_num_mc_samples(self, value, name):
-    """Validates a samples-per-step hyperparameter."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
 
   def _unpack_samples(self, gradient, variable, inner_shape):
     """Checks a gradient packed as [S, *inner_shape] (S = `num_mc_samples`, axis omitted if 1)."""

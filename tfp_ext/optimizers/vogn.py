@@ -5,6 +5,7 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras
 
+from tfp_ext.internal.validation import check_int
 from tfp_ext.optimizers import variational_optimizer as vo
 
 __all__ = ["VOGN"]
@@ -113,7 +114,7 @@ class VOGN(vo.VariationalOptimizer):
     if hessian_approximation not in _APPROXIMATIONS:
       raise ValueError(f"`hessian_approximation` must be one of {_APPROXIMATIONS}, got "
                        f"{hessian_approximation!r}.")
-    self._check_num_mc_samples(num_samples, "num_samples")
+    num_samples = check_int("num_samples", num_samples)
     if tempering * (1. - beta_2) > 1.:
       raise ValueError(f"tempering·(1 − beta_2) must be ≤ 1 so s stays non-negative, got "
                        f"{tempering * (1. - beta_2)}.")

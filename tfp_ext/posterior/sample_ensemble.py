@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_int
 from tfp_ext.posterior.weight_posterior import WeightPosterior
 
 __all__ = ["SampleEnsemble"]
@@ -69,10 +70,8 @@ class SampleEnsemble(WeightPosterior):
       num_burnin: samples dropped first.
       name: the module's name.
     """
-    if not isinstance(thin, int) or thin < 1:
-      raise ValueError(f"`thin` must be a positive int, got {thin!r}.")
-    if not isinstance(num_burnin, int) or num_burnin < 0:
-      raise ValueError(f"`num_burnin` must be a non-negative int, got {num_burnin!r}.")
+    thin = check_int("thin", thin)
+    num_burnin = check_int("num_burnin", num_burnin, minimum=0)
     parts = list(chain_samples) if isinstance(chain_samples, (list, tuple)) else [chain_samples]
     parts = [tf.convert_to_tensor(p) for p in parts]
     length = parts[0].shape[0]

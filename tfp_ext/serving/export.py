@@ -16,6 +16,7 @@ from typing import Optional, Union
 import tensorflow as tf
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_int
 from tfp_ext.internal.validation import check_positive_int_or_none
 from tfp_ext.posterior.predictive import TASKS
 from tfp_ext.posterior.sample_ensemble import SampleEnsemble
@@ -157,9 +158,7 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
     raise ValueError(f"noise_stddev must be >= 0, got {noise_stddev}.")
   if task == "classification" and noise_stddev:
     raise ValueError("noise_stddev only applies to task='regression'.")
-  if version is not None and (isinstance(version, bool) or not isinstance(version, int)
-                              or version < 1):
-    raise ValueError(f"version must be a positive int, got {version!r}.")
+  version = check_int("version", version, allow_none=True)
   posterior.check_compatible(model.trainable_variables)
   spec = _input_spec(model)
   if materialize_samples == "auto":

@@ -10,6 +10,8 @@ import os
 import re
 from typing import List
 
+from tfp_ext.internal.validation import check_int
+
 __all__ = ["ModelConfig", "parse_model_config", "read_model_config_file"]
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)'
@@ -95,9 +97,7 @@ def parse_model_config(text: str, config_dir: str = ".") -> List[ModelConfig]:
       _only(policy, ["latest"], "model_version_policy (only `latest` is supported)")
       for latest in policy.get("latest", []):
         _only(latest, ["num_versions"], "latest")
-        num_versions = latest.get("num_versions", [1])[0]
-        if not isinstance(num_versions, int) or num_versions < 1:
-          raise ValueError(f"latest.num_versions must be a positive int, got {num_versions}.")
+        num_versions = check_int("latest.num_versions", latest.get("num_versions", [1])[0])
     name = c["name"][0]
     if not re.match(r"^[A-Za-z0-9_.-]+$", name):
       raise ValueError(f"Model name {name!r} may only use letters, digits, '_', '.', '-'.")

@@ -8,6 +8,7 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_int
 from tfp_ext.keras.amortized_sylvester_flow import AmortizedSylvesterFlow
 
 __all__ = ["FlowVAE", "POSTERIORS"]
@@ -111,10 +112,8 @@ class FlowVAE(tf_keras.Model):
     super().__init__(**kwargs)
     if posterior not in POSTERIORS:
       raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}.")
-    if not isinstance(latent_size, int) or latent_size < 1:
-      raise ValueError(f"latent_size must be a positive int, got {latent_size!r}.")
-    if not isinstance(num_flows, int) or num_flows < 1:
-      raise ValueError(f"num_flows must be a positive int, got {num_flows!r}.")
+    latent_size = check_int("latent_size", latent_size)
+    num_flows = check_int("num_flows", num_flows)
     self.encoder = encoder
     self.decoder = decoder
     self.latent_size = latent_size

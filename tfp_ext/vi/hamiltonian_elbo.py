@@ -9,6 +9,7 @@ import tensorflow_probability as tfp
 
 from tfp_ext.bijectors.tempered_hamiltonian_flow import TemperedHamiltonianFlow
 from tfp_ext.internal import seeds
+from tfp_ext.internal.validation import check_int
 
 __all__ = ["hamiltonian_elbo", "HamiltonianELBOResult"]
 
@@ -86,8 +87,7 @@ def hamiltonian_elbo(target_log_prob_fn: Callable[[tf.Tensor], tf.Tensor],
   """
   if not isinstance(flow, TemperedHamiltonianFlow):
     raise TypeError(f"`flow` must be a TemperedHamiltonianFlow, got {type(flow).__name__}.")
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"`num_samples` must be a positive Python int, got {num_samples!r}.")
+  num_samples = check_int("num_samples", num_samples)
   if (initial_distribution.reparameterization_type
       != tfp.distributions.FULLY_REPARAMETERIZED):
     raise ValueError("`initial_distribution` must be fully reparameterized for gradients of "
