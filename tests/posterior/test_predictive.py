@@ -63,9 +63,10 @@ def test_bernoulli_logits():
   assert out["mutual_information"][1] > 0
 
 
-def _mlp_and_posterior(in_dim=4):
-  model = tf_keras.Sequential([tf_keras.layers.Dense(16, activation="relu", input_shape=(in_dim,)),
-                               tf_keras.layers.Dense(3)])
+def _mlp_and_posterior(in_dim=4, hidden=16):
+  model = tf_keras.Sequential([
+      tf_keras.layers.Dense(hidden, activation="relu", input_shape=(in_dim,)),
+      tf_keras.layers.Dense(3)])
   q = MeanFieldGaussian(model.trainable_variables,
                         [tf.fill(v.shape, 0.05) for v in model.trainable_variables])
   return model, q
@@ -80,10 +81,11 @@ def _assert_per_sample_answers(out, q, x, n):
 
 
 # By default one vectorized group in eager mode and under XLA; in a plain graph one plain call per
-# sample from 64 rows on, and below that four groups with TF's Eigen kernels (6 samples → 2, 2, 1,
-# 1), one with oneDNN's. Explicit counts apply everywhere, capped at S.
+# sample from 257 rows on for this model (its largest kernel has 4·16 elements, 257·64 > 128·128),
+# and below that four groups with TF's Eigen kernels (6 samples → 2, 2, 1, 1), one with oneDNN's.
+# Explicit counts apply everywhere, capped at S.
 @pytest.mark.parametrize("mode, groups, rows", [
-    ("eager", None, 5), ("graph", None, 5), ("graph", None, 64), ("xla", None, 64),
+    ("eager", None, 5), ("graph", None, 5), ("graph", None, 300), ("xla", None, 300),
     ("eager", 3, 5), ("graph", 1, 64), ("xla", 4, 5), ("graph", 9, 5), ("xla", 6, 5)])
 def test_vectorized_samples_equal_per_sample_calls(mode, groups, rows):
   model, q = _mlp_and_posterior()
@@ -97,20 +99,22 @@ def test_vectorized_samples_equal_per_sample_calls(mode, groups, rows):
 
 
 # A serving signature's batch size is known only when it runs. 5 rows of 4 features (20 input
-# elements) are copied per sample; 40 rows of 300 (12000) are not; 2100 rows run one plain call
+# elements) are copied per sample; 40 rows of 300 (12000) are not, and with one hidden unit (the
+# largest kernel 300·1, so plain calls from 55 rows) stay vectorized; 2100 rows run one plain call
 # per sample (and are not copied under XLA).
-@pytest.mark.parametrize("rows, in_dim", [(5, 4), (40, 300), (2100, 4)])
+@pytest.mark.parametrize("rows, in_dim, hidden", [(5, 4, 16), (40, 300, 1), (2100, 4, 16)])
 @pytest.mark.parametrize("jit", [False, True])
-def test_batch_size_known_only_when_run(rows, in_dim, jit):
-  model, q = _mlp_and_posterior(in_dim)
+def test_batch_size_known_only_when_run(rows, in_dim, hidden, jit):
+  model, q = _mlp_and_posterior(in_dim, hidden)
   fn = tf.function(lambda x: predictive_samples(model, q, x, 6, seed=1),
                    input_signature=[tf.TensorSpec([None, in_dim])], jit_compile=jit)
   x = tf.random.stateless_normal([rows, in_dim], seed=[2, 3])
   _assert_per_sample_answers(fn(x), q, x, 6)
 
 
-# Sparse inputs are never copied; their batch size still picks the plain per-sample calls.
-@pytest.mark.parametrize("rows", [3, 100])
+# Sparse inputs are never copied; their batch size still picks the plain per-sample calls (from
+# 513 rows for this model: its largest kernel has 4·8 elements).
+@pytest.mark.parametrize("rows", [3, 600])
 def test_sparse_inputs(rows):
   inputs = tf_keras.Input((4,), sparse=True)
   model = tf_keras.Model(inputs, tf_keras.layers.Dense(3)(
@@ -128,7 +132,7 @@ def test_sparse_inputs(rows):
     np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [3, 64])
+@pytest.mark.parametrize("rows", [3, 600])
 def test_grouped_samples_keep_nested_outputs_and_order(rows):
   inputs = tf_keras.Input((4,))
   hidden = tf_keras.layers.Dense(8, activation="tanh")(inputs)
@@ -138,7 +142,7 @@ def test_grouped_samples_keep_nested_outputs_and_order(rows):
                         [tf.fill(v.shape, 0.1) for v in model.trainable_variables])
   x = tf.random.stateless_normal([rows, 4], seed=[5, 6])
   eager = predictive_samples(model, q, x, 7, seed=2)  # One group.
-  # 2, 2, 2, 1 samples at 3 rows with Eigen kernels, one plain call per sample at 64.
+  # 2, 2, 2, 1 samples at 3 rows with Eigen kernels, one plain call per sample at 600.
   graph = tf.function(lambda x: predictive_samples(model, q, x, 7, seed=2))(x)
   assert set(graph) == {"a", "b"}
   for k in eager:
@@ -199,18 +203,22 @@ _ONEDNN = onednn_enabled()
 
 # Each Dense layer over a stacked (per-sample) input is one batched matmul per vectorized group;
 # over the shared input batch the first is a plain matmul, and a plain call per sample has plain
-# matmuls only. A batch of at most 8192 input elements is copied per sample (2 rows here), a
-# larger one (4096 rows) is not; from 64 rows on each sample is a plain call (4096 and 200 rows),
-# except under XLA. With the batch size unknown every variant is built and the size picks one
-# when the graph runs. Below 64 rows, 4 groups with Eigen kernels, 1 with oneDNN's and under XLA.
-@pytest.mark.parametrize("jit, groups, rows, eigen, onednn", [
-    (False, None, 2, (8, 0), (2, 0)), (False, None, 4096, (0, 16), (0, 16)),
-    (False, None, 200, (0, 16), (0, 16)), (False, None, None, (12, 20), (3, 17)),
-    (True, None, 2, (2, 0), (2, 0)), (True, None, 4096, (1, 1), (1, 1)),
-    (True, None, None, (3, 1), (3, 1)), (False, 2, 4096, (2, 2), (2, 2)),
-    (True, 3, 2, (6, 0), (6, 0)), (False, 8, 2, (0, 16), (0, 16))])
-def test_default_groups_and_copies_follow_the_kernels(jit, groups, rows, eigen, onednn):
-  model, q = _mlp_and_posterior()
+# matmuls only. A batch of at most 8192 input elements is copied per sample (2 and 200 rows here), a
+# larger one (4096 rows) is not. Each sample is a plain call (4096 and 300 rows; not under XLA)
+# once the rows times the largest kernel's size exceed 128·128: from 257 rows with 16 hidden units
+# (4·16), from 33 with 128 (4·128), and with oneDNN's kernels from 16 rows at least. With the
+# batch size unknown every variant is built and the size picks one when the graph runs. Below
+# that, 4 groups with Eigen kernels, 1 with oneDNN's and under XLA.
+@pytest.mark.parametrize("jit, groups, rows, hidden, eigen, onednn", [
+    (False, None, 2, 16, (8, 0), (2, 0)), (False, None, 4096, 16, (0, 16), (0, 16)),
+    (False, None, 200, 16, (8, 0), (2, 0)), (False, None, 300, 16, (0, 16), (0, 16)),
+    (False, None, 32, 128, (8, 0), (2, 0)), (False, None, 33, 128, (0, 16), (0, 16)),
+    (False, None, None, 16, (12, 20), (3, 17)),
+    (True, None, 2, 16, (2, 0), (2, 0)), (True, None, 4096, 16, (1, 1), (1, 1)),
+    (True, None, None, 16, (3, 1), (3, 1)), (False, 2, 4096, 16, (2, 2), (2, 2)),
+    (True, 3, 2, 16, (6, 0), (6, 0)), (False, 8, 2, 16, (0, 16), (0, 16))])
+def test_default_groups_and_copies_follow_the_kernels(jit, groups, rows, hidden, eigen, onednn):
+  model, q = _mlp_and_posterior(hidden=hidden)
   fn = tf.function(lambda x: predictive_samples(model, q, x, 8, seed=1, sample_groups=groups),
                    jit_compile=jit)
   graph_def = fn.get_concrete_function(tf.TensorSpec([rows, 4])).graph.as_graph_def()

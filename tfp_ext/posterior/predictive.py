@@ -15,36 +15,32 @@ __all__ = ["predictive", "predictive_samples", "summarize", "TASKS"]
 TASKS = ("regression", "classification")
 
 
-# Where TF's default (Eigen) CPU kernels run the graph, batches of fewer than
-# `_OWN_GRAPH_MIN_ROWS` rows run the samples in this many groups, each vectorized. One op over all
-# S samples has S-fold intermediates, and Eigen's batched matmul computes its per-sample products
-# one after another; groups have a quarter of the working set and their ops run concurrently on
-# the inter-op thread pool. Measured on an S = 32, 16-128-128-1 MLP served from a TF1 session
-# (2 CPU cores, `benchmarks/serving.py`): one group took 1.2-1.7× / 1.6-2.1× / 2.1-2.6× the
-# deterministic model on 32·B rows at B = 8 / 64 / 256, four 1.1-1.45× / 1.1-1.25× / 1.2-2.0×,
-# eight no better. Run through TF's C API (as TF Serving runs an export, without the ~0.4 ms a
-# Python session adds to both sides), four groups against one at B = 8 / 256: 1.50-1.71× vs
-# 2.04-2.13×, 1.37-1.44× vs 2.20-2.47×. With oneDNN kernels four groups were slower up to B = 128
-# (B = 8: 1.8-2.1× → 2.5-2.7×); XLA compiles the single vectorized graph well, and in eager mode
-# every group would be traced anew on each call. Those keep one group.
-_SAMPLE_GROUPS = 4
-
-# From this many rows on, a graph runs each sample faster as a plain call of the model (its own
-# copy of the graph, plain matmuls), with Eigen's kernels and with oneDNN's: Eigen's batched
-# matmul parallelizes inside each per-sample product, one product after another, while separate
-# matmuls run side by side on the inter-op pool. Below it the extra ops cost more than they save.
-# More samples than `_OWN_GRAPH_MAX_GROUPS` run in that many vectorized groups, which bounds the
-# graph. Exports run through TF's C API (2 CPU cores, S = 32, same-process A/B, 150 interleaved
-# rounds), ratio to the deterministic model on 32·B rows at B = 64 / 128 / 256:
-# - Eigen, per-sample calls vs 4 groups, two runs: 16-128-128-1 0.72-0.93× vs 0.88-0.95×,
-#   1.01-1.04× vs 1.20-1.43×, 0.78-0.85× vs 1.05-1.12×; 784-128-128-10 1.22-1.23× vs 1.42-1.45×,
-#   1.11-1.14× vs 1.35-1.40×, 0.96-1.00× vs 1.14-1.19×. At B = 32 one sample per group was slower
-#   (16 inputs: 1.48× vs 1.32×), and below 64 rows the graph that also holds the per-sample branch
-#   took 0-15% longer than one without it (16 inputs at B = 1: 1.92-2.09× vs 1.67-1.98×).
-# - oneDNN, per-sample calls vs 1 group, one run: 16-128-128-1 1.16× vs 1.23×, 0.99× vs 1.19×,
-#   0.94× vs 1.19×; 784-128-128-10 1.30× vs 1.80×, 1.04× vs 1.52×, 0.84× vs 1.39×.
-_OWN_GRAPH_MIN_ROWS = 64
+# In a graph (not XLA, not eager), a batch of enough rows runs each sample as a plain call of the
+# model, its own copy of the graph, instead of vectorized: plain matmuls that run side by side on
+# the inter-op pool. TF's CPU batched matmul with its default (Eigen) kernels runs the per-sample
+# products in parallel over the samples only while each has one row or at most 128·128
+# multiply-adds (`LaunchBatchMatMul` in TF's batch_matmul_op_impl.h); larger ones run one after
+# another, each split over the threads. So per-sample calls take over from 2 rows once the rows
+# times the largest weight's size (a Dense kernel's multiply-adds per row) exceed that, and from 16
+# rows with oneDNN's kernels. More samples than `_OWN_GRAPH_MAX_GROUPS` run in that many vectorized
+# groups, which bounds the graph. Exports through TF's C API (as TF Serving runs them; 2 cores,
+# S = 32), ratio to the deterministic model on 32·B rows, per-sample calls vs vectorized groups,
+# Eigen: 16-128-128-1 at B = 2 / 8 / 32: 2.6-2.8× vs 3.3-4.1×, 1.6× vs 1.7×, 0.95-1.05× vs
+# 1.3-1.35×, but 2.2-2.3× vs 1.7-1.8× at B = 1; 784-128-128-10 at B = 8 / 16: 1.7-2.0× vs
+# 2.3-2.5×, 1.3× vs 2.5-2.6×; 8-64-64-1 (from 5 rows) at B = 2: 2.8-3.1× vs 1.8-1.9×. oneDNN:
+# 784-128-128-10 at B = 8 / 16: 2.3× vs 2.2×, 1.5-1.6× vs 2.4-2.5×. More in benchmarks/RESULTS.md.
+_BATCH_MATMUL_SMALL_COST = 128 * 128
+_OWN_GRAPH_MIN_ROWS = 2
+_OWN_GRAPH_MIN_ROWS_ONEDNN = 16
 _OWN_GRAPH_MAX_GROUPS = 32
+
+# Below those rows, where TF's Eigen kernels run the graph, the samples run in this many groups,
+# each vectorized: the groups' ops run concurrently on the inter-op pool. Measured on an S = 32,
+# 16-128-128-1 MLP through TF's C API at B = 8, before per-sample calls took over there: four
+# groups 1.50-1.71× the deterministic model on 32·B rows, one 2.04-2.13×. With oneDNN kernels four
+# groups were slower (B = 8: 1.8-2.1× → 2.5-2.7×); XLA compiles the single vectorized graph well,
+# and in eager mode every group would be traced anew on each call. Those keep one group.
+_SAMPLE_GROUPS = 4
 
 # A batch of at most this many input elements (rows × features) is copied once per sample before
 # vectorizing, so the first layer's matmul is batched over samples too. With the batch shared, TF
@@ -101,6 +97,13 @@ def _batch_rows(x):
   return tf.shape(t)[0]
 
 
+def _own_graph_min_rows(weights) -> int:
+  """The batch rows from which a graph runs each sample as a plain call of the model."""
+  largest = max(tf.TensorShape(w.shape[1:]).num_elements() or 1 for w in weights)
+  floor = _OWN_GRAPH_MIN_ROWS_ONEDNN if onednn_enabled() else _OWN_GRAPH_MIN_ROWS
+  return max(floor, _BATCH_MATMUL_SMALL_COST // largest + 1)
+
+
 def _choose(pred, if_true, if_false):
   """`if_true()` or `if_false()`: decided now if `pred` is static, else by `tf.cond` at run time."""
   static = pred if isinstance(pred, bool) else tf.get_static_value(pred)
@@ -117,15 +120,17 @@ def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Option
   XLA-compilable and safe to call from many threads at once. The samples are vectorized with
   `tf.vectorized_map`: Dense, normalization and elementwise layers become batched matmuls; ops
   that TF cannot vectorize over a stacked weight (`Conv2D` filters) run as a `tf.while_loop` over
-  the samples instead, which is slower but still a single graph. For batches of 64 rows or more a
-  graph (not XLA, not eager) by default holds a plain copy of the model's ops per sample instead,
-  which TF runs side by side; that is faster on CPU (see `sample_groups`).
+  the samples instead, which is slower but still a single graph. For batches of more than one
+  row a graph (not XLA, not eager) by default holds a plain copy of the model's ops per sample
+  instead, which TF runs side by side; that is faster on CPU (see `sample_groups`).
 
   `sample_groups` splits the samples into that many groups, each vectorized (with one group per
   sample, each is a plain call of the model); the outputs are the same, in the same order.
   `None` picks the faster on CPU for what will run the ops: in a graph, one group per sample (at
-  most 32 groups) for batches of 64 rows or more, and below that 4 groups where TF's default
-  (Eigen) kernels run it, 1 where TF's oneDNN kernels do (as this process has them); 1 group
+  most 32 groups) from 2 rows on where TF's default (Eigen) kernels run it and the rows times the
+  largest weight's size exceed 128·128 (a Dense kernel's multiply-adds; so from 2 rows for a
+  128×128 kernel, from 5 for 64×64), from 16 rows (or that) where TF's oneDNN kernels do (as this
+  process has them); below that 4 vectorized groups with Eigen kernels, 1 with oneDNN's; 1 group
   under XLA and in eager mode. A small input batch (at most 8192 elements) is copied per sample
   before vectorizing, which is faster; the outputs are the same up to float rounding. Where the
   batch size is known only when the graph runs (a serving signature), the graph holds each
@@ -166,8 +171,8 @@ def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Option
   rows = _batch_rows(x)
   if not graph_default or rows is None:
     return vectorized()
-  return _choose(rows >= _OWN_GRAPH_MIN_ROWS, lambda: run_all(_OWN_GRAPH_MAX_GROUPS, False),
-                 vectorized)
+  return _choose(rows >= _own_graph_min_rows(weights),
+                 lambda: run_all(_OWN_GRAPH_MAX_GROUPS, False), vectorized)
 
 
 def _entropy(p, axis=-1):

@@ -126,10 +126,11 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
     sample_groups: the signatures run the S samples in this many groups, each vectorized (with
       one group per sample, each is a plain call of the model); the answers do not depend on it
       beyond float rounding. `None` (default), the faster on CPU: in `serving_default`, one plain
-      call per sample (at most 32 groups) for requests of 64 rows or more, decided per request,
-      and below that 4 groups where TF's default (Eigen) CPU kernels run it, 1 group if the
-      exporting process runs TF's oneDNN kernels (x86 CPUs with AVX-512 VNNI, BF16 or AMX, or
-      `TF_ENABLE_ONEDNN_OPTS=1`); 1 group in `serving_xla`. An explicit count applies to every
+      call per sample (at most 32 groups) for requests of 2 rows or more (more for models whose
+      largest weight is under 128·128 elements; 16 or more if the exporting process runs TF's
+      oneDNN kernels: x86 CPUs with AVX-512 VNNI, BF16 or AMX, or `TF_ENABLE_ONEDNN_OPTS=1`),
+      decided per request; below that 4 vectorized groups with TF's default (Eigen) CPU kernels,
+      1 with oneDNN's; 1 group in `serving_xla` (see `tfp_ext.posterior.predictive_samples`). An explicit count applies to every
       request. Set it when the serving machine's kernels differ from the exporting one's.
 
   Returns:
