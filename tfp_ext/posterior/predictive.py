@@ -25,9 +25,10 @@ TASKS = ("regression", "classification")
 # rows with oneDNN's kernels. More samples than `_OWN_GRAPH_MAX_GROUPS` run in that many vectorized
 # groups, which bounds the graph. Exports through TF's C API (as TF Serving runs them; 2 cores,
 # S = 32), ratio to the deterministic model on 32·B rows, per-sample calls vs vectorized groups,
-# Eigen: 16-128-128-1 at B = 2 / 8 / 32: 2.6-2.8× vs 3.3-4.1×, 1.6× vs 1.7×, 0.95-1.05× vs
-# 1.3-1.35×, but 2.2-2.3× vs 1.7-1.8× at B = 1; 784-128-128-10 at B = 8 / 16: 1.7-2.0× vs
-# 2.3-2.5×, 1.3× vs 2.5-2.6×; 8-64-64-1 (from 5 rows) at B = 2: 2.8-3.1× vs 1.8-1.9×. oneDNN:
+# Eigen: 16-128-128-1 at B = 2 / 8 / 32: 2.6-2.8× vs 3.3-4.1×, 1.6× vs 1.7×, 0.94-1.09× vs
+# 1.31-1.37×, but 2.2-2.3× vs 1.7-2.0× at B = 1; 784-128-128-10 at B = 8 / 16: 1.7-2.0× vs
+# 2.3-2.5×, 1.3× vs 2.5-2.6×; 8-64-64-1 (plain calls from 5 rows) at B = 2 would take 2.8-3.1×
+# vs 1.8-1.9×. oneDNN:
 # 784-128-128-10 at B = 8 / 16: 2.3× vs 2.2×, 1.5-1.6× vs 2.4-2.5×. More in benchmarks/RESULTS.md.
 _BATCH_MATMUL_SMALL_COST = 128 * 128
 _OWN_GRAPH_MIN_ROWS = 2
