@@ -101,8 +101,9 @@ def _export_deterministic(model, path, in_dim):
 
 
 def _export_sample_read(posterior, path, in_dim):
-  """A SavedModel that only reads S stored weight samples (sums them): the predictive's floor at
-  small batches, where it must stream all S samples while the deterministic model reads one copy."""
+  """A SavedModel that only reads S stored weight samples (sums them): what streaming all S
+  samples costs in a TF graph, which the predictive pays at small batches and the deterministic
+  model (one copy of the weights) does not."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   samples = [tf.Variable(w) for w in posterior.predictive_weights(S, seed=0)]
   _save(lambda x: {"y": x[:, :1] * 0. + tf.add_n([tf.reduce_sum(w) for w in samples])}, samples,

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tfp_ext.internal.validation import check_int
-from tfp_ext.internal.validation import check_positive_int_or_none
 
 
 @pytest.mark.parametrize("value", [1, 7, np.int32(7), np.int64(7), np.uint8(7)])
@@ -34,10 +33,9 @@ def test_rejections_name_the_argument(value, minimum, message):
 
 def test_none_only_where_allowed():
   assert check_int("n", None, allow_none=True) is None
-  assert check_positive_int_or_none("n", None) is None
-  assert check_positive_int_or_none("n", np.int64(4)) == 4
+  assert check_int("n", np.int64(4), allow_none=True) == 4
   with pytest.raises(ValueError, match="`n` must be a positive int or None, got 0"):
-    check_positive_int_or_none("n", 0)
+    check_int("n", 0, allow_none=True)
 
 
 def test_numpy_sizes_reach_a_json_config():

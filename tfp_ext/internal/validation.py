@@ -4,7 +4,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["check_int", "check_positive_int_or_none"]
+__all__ = ["check_int"]
 
 
 def check_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> Optional[int]:
@@ -22,7 +22,3 @@ def check_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> O
     raise ValueError(f"`{name}` must be {kind}{' or None' if allow_none else ''}, got {value!r}.")
   return int(value)
 
-
-def check_positive_int_or_none(name: str, value) -> Optional[int]:
-  """`value` as an int >= 1, or None; a ValueError naming `name` otherwise."""
-  return check_int(name, value, allow_none=True)

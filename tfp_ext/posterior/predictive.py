@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfp_ext.internal.runtime import in_xla_context
 from tfp_ext.internal.runtime import onednn_enabled
-from tfp_ext.internal.validation import check_positive_int_or_none
+from tfp_ext.internal.validation import check_int
 from tfp_ext.posterior.functional import functional_call
 from tfp_ext.posterior.weight_posterior import WeightPosterior
 
@@ -28,8 +28,8 @@ TASKS = ("regression", "classification")
 # Eigen: 16-128-128-1 at B = 2 / 8 / 32: 2.6-2.8× vs 3.3-4.1×, 1.6× vs 1.7×, 0.94-1.09× vs
 # 1.31-1.37×, but 2.2-2.3× vs 1.7-2.0× at B = 1; 784-128-128-10 at B = 8 / 16: 1.7-2.0× vs
 # 2.3-2.5×, 1.3× vs 2.5-2.6×; 8-64-64-1 (plain calls from 5 rows) at B = 2 would take 2.8-3.1×
-# vs 1.8-1.9×. oneDNN:
-# 784-128-128-10 at B = 8 / 16: 2.3× vs 2.2×, 1.5-1.6× vs 2.4-2.5×. More in benchmarks/RESULTS.md.
+# vs 1.8-1.9×. oneDNN: 784-128-128-10 at B = 8 / 16: 2.3× vs 2.2×, 1.5-1.6× vs 2.4-2.5×. More in
+# benchmarks/RESULTS.md.
 _BATCH_MATMUL_SMALL_COST = 128 * 128
 _OWN_GRAPH_MIN_ROWS = 2
 _OWN_GRAPH_MIN_ROWS_ONEDNN = 16
@@ -137,7 +137,7 @@ def predictive_samples(model, posterior: WeightPosterior, x, num_samples: Option
   batch size is known only when the graph runs (a serving signature), the graph holds each
   variant and the batch picks one.
   """
-  check_positive_int_or_none("sample_groups", sample_groups)
+  sample_groups = check_int("sample_groups", sample_groups, allow_none=True)
   weights = posterior.predictive_weights(num_samples, seed)
   graph_default = sample_groups is None and not (tf.executing_eagerly() or in_xla_context())
   if sample_groups is None:

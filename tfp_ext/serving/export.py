@@ -17,7 +17,6 @@ import tensorflow as tf
 
 from tfp_ext.internal import seeds
 from tfp_ext.internal.validation import check_int
-from tfp_ext.internal.validation import check_positive_int_or_none
 from tfp_ext.posterior.predictive import TASKS
 from tfp_ext.posterior.sample_ensemble import SampleEnsemble
 from tfp_ext.posterior.predictive import predictive_samples
@@ -130,8 +129,9 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
       largest weight is under 128·128 elements; 16 or more if the exporting process runs TF's
       oneDNN kernels: x86 CPUs with AVX-512 VNNI, BF16 or AMX, or `TF_ENABLE_ONEDNN_OPTS=1`),
       decided per request; below that 4 vectorized groups with TF's default (Eigen) CPU kernels,
-      1 with oneDNN's; 1 group in `serving_xla` (see `tfp_ext.posterior.predictive_samples`). An explicit count applies to every
-      request. Set it when the serving machine's kernels differ from the exporting one's.
+      1 with oneDNN's; 1 group in `serving_xla` (see `tfp_ext.posterior.predictive_samples`).
+      An explicit count applies to every request. Set it when the serving machine's kernels
+      differ from the exporting one's.
 
   Returns:
     The path of the written version directory.
@@ -153,8 +153,8 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
                     f"{type(posterior)}.")
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-  check_positive_int_or_none("num_samples", num_samples)
-  check_positive_int_or_none("sample_groups", sample_groups)
+  num_samples = check_int("num_samples", num_samples, allow_none=True)
+  sample_groups = check_int("sample_groups", sample_groups, allow_none=True)
   if not noise_stddev >= 0:  # Also rejects NaN.
     raise ValueError(f"noise_stddev must be >= 0, got {noise_stddev}.")
   if task == "classification" and noise_stddev:
