@@ -11,6 +11,9 @@ def test_notebook_runs_end_to_end(tmp_path):
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
   assert "served agrees with the local predictive: PASS" in text
+  # The export and the local predictive share the seed, hence the samples: float32 rounding only.
+  gap = re.search(r"max \|served − local\| probability ([0-9.e+-]+)", text)
+  assert gap and float(gap.group(1)) < 1e-5, text
   # All three methods were evaluated and learned the task (10 classes: chance is 0.1).
   for name in ("Adam", "VOGN", "IVON"):
     match = re.search(rf"{name}: accuracy ([0-9.]+)", text)

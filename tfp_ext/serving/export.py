@@ -32,7 +32,6 @@ INPUT_NAME = "x"
 # Temporary export directories start with a dot and are not numbers: TF Serving's file system
 # poller (and `tfp_ext.serving.Server`) only consider all-digit directory names as versions.
 TEMP_PREFIX = ".tmp-export-"
-_SEED_SALT = "tfp_ext.serving.export"
 # `materialize_samples="auto"` stores the weight samples when they take at most this much.
 MATERIALIZE_LIMIT_BYTES = 256 * 2**20
 _VERSION_RE = re.compile(r"^[0-9]+$")
@@ -45,8 +44,9 @@ class _PredictiveModule(tf.Module):
     super().__init__(name="tfp_ext_predictive")
     self.model = model
     self.posterior = posterior
-    # Stored as a variable so the seed is part of the export, visible and fixed.
-    self.seed = tf.Variable(seeds.sanitize(seed, salt=_SEED_SALT),
+    # Stored as a variable so the seed is part of the export, visible and fixed. Unsalted: the
+    # posterior salts it exactly as `predictive(..., seed=seed)` does, so both draw one set.
+    self.seed = tf.Variable(seeds.sanitize(seed),
                             trainable=False, name="predictive_seed")
     self._num_samples = num_samples
     self._task = task
@@ -112,7 +112,9 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
     task: "regression" or "classification".
     noise_stddev: regression observation noise (adds the aleatoric part).
     version: the version number; default one more than the largest existing version.
-    seed: the fixed stateless seed of the in-graph weight samples.
+    seed: the fixed stateless seed of the weight samples. They are the samples of
+      `tfp_ext.posterior.predictive(model, posterior, x, num_samples, seed=seed)`, so the served
+      answers equal that local predictive up to float rounding.
     xla_signature: also add an XLA-compiled signature `serving_xla` (same outputs), for servers
       started with `--xla_cpu_compilation_enabled`; a stock server fails on it.
     materialize_samples: True: draw the `num_samples` weight samples once, now, and store them
@@ -171,7 +173,7 @@ def export(model, posterior: WeightPosterior, export_base_dir: str, num_samples:
                      f"{materialize_samples!r}.")
   if materialize_samples:
     posterior = SampleEnsemble(posterior.predictive_weights(
-        num_samples, seeds.sanitize(seed, salt=_SEED_SALT)))
+        num_samples, seeds.sanitize(seed)))
     num_samples = None
 
   os.makedirs(export_base_dir, exist_ok=True)

@@ -1,0 +1,36 @@
+"""The numerically sensitive modules pass with the CPU arithmetic this process does not run.
+
+The suite runs once with the machine's defaults. Results that train, sample or reduce in float32
+must not depend on the order of those sums, which changes with the CPU: TF turns its oneDNN
+kernels on by default only on x86 CPUs with AVX-512 VNNI, BF16 or AMX, and XLA compiles for the
+host's widest vectors (AVX-512 on such CPUs). So the optimizers, the notebooks and the predictive
+run again here in a fresh process with the other oneDNN setting and with XLA's code generated for
+SSE4.2 (narrower vectors than any host it runs on, hence sums in another order): a result that
+flips with rounding fails on this machine, not first on another one.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfp_ext.internal.runtime import onednn_enabled
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SENSITIVE = ("tests/optimizers", "tests/colab", "tests/posterior/test_predictive.py")
+
+
+@pytest.mark.slow
+def test_sensitive_modules_pass_with_the_other_arithmetic():
+  env = dict(os.environ)
+  env["TF_ENABLE_ONEDNN_OPTS"] = "0" if onednn_enabled() else "1"
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=SSE4_2").strip()
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  proc = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+       *SENSITIVE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+  summary = "\n".join(proc.stdout.splitlines()[-40:])
+  assert proc.returncode == 0, (
+      f"TF_ENABLE_ONEDNN_OPTS={env['TF_ENABLE_ONEDNN_OPTS']} XLA_FLAGS={env['XLA_FLAGS']}:\n"
+      f"{summary}")
