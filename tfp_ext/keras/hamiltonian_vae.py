@@ -10,6 +10,8 @@ import tf_keras
 
 from tfp_ext.bijectors.tempered_hamiltonian_flow import TemperedHamiltonianFlow
 from tfp_ext.internal import seeds
+from tfp_ext.internal.keras_saving import check_model_saved_model_save
+from tfp_ext.internal.keras_saving import record_input_spec
 from tfp_ext.internal.validation import check_int
 from tfp_ext.vi.hamiltonian_elbo import hamiltonian_elbo
 
@@ -270,6 +272,7 @@ class HamiltonianVAE(tf_keras.Model):
 
   def train_step(self, data):
     x, sample_weight = self._unpack(data)
+    record_input_spec(self, x)
     with tf.GradientTape() as tape:
       loss, elbo = self._loss(x, sample_weight, self._step_seed(2), training=True)
     self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
@@ -283,6 +286,10 @@ class HamiltonianVAE(tf_keras.Model):
     self.loss_tracker.update_state(loss)
     self.elbo_tracker.update_state(elbo)
     return {m.name: m.result() for m in self.metrics}
+
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    check_model_saved_model_save(self, save_type)
+    return super()._trackable_children(save_type, **kwargs)
 
   def get_config(self):
     return {

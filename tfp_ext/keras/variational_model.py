@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras
 
+from tfp_ext.internal.keras_saving import check_model_saved_model_save
+from tfp_ext.internal.keras_saving import record_input_spec
 from tfp_ext.posterior import functional
 
 __all__ = ["VariationalModel", "PER_EXAMPLE_SQUARED_GRADIENTS", "GGN"]
@@ -197,6 +199,10 @@ class VariationalModel(tf_keras.Model):
   def call(self, inputs, training=None):
     return self.model(inputs, training=training)
 
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    check_model_saved_model_save(self, save_type)
+    return super()._trackable_children(save_type, **kwargs)
+
   def get_config(self):
     return {"model": tf_keras.utils.serialize_keras_object(self.model), "name": self.name}
 
@@ -215,6 +221,18 @@ class VariationalModel(tf_keras.Model):
       if curvature not in _CURVATURES:
         raise ValueError(f"optimizer.curvature must be None or one of {_CURVATURES}, got "
                          f"{curvature!r}.")
+
+  def compile_from_config(self, config):
+    """Compiles from `get_compile_config()` when a `.keras` file loads, and builds the optimizer.
+
+    Keras skips this for models that override `compile` unless they define it; without it a
+    loaded `VariationalModel` came back uncompiled and its optimizer state (the posterior) was
+    not restored. The optimizer is built on the wrapped model's variables, as `fit` builds it, so
+    the saved optimizer variables load into it in order.
+    """
+    self.compile(**tf_keras.saving.deserialize_keras_object(config))
+    if isinstance(self.optimizer, tf_keras.optimizers.Optimizer) and self.model.built:
+      self.optimizer.build(self.model.trainable_variables)
 
   def posterior(self, var_list=None):
     """The optimizer's weight posterior, aligned with the wrapped model's trainable variables."""
@@ -288,6 +306,7 @@ class VariationalModel(tf_keras.Model):
     x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
     if y is None:
       raise ValueError("VariationalModel.fit needs targets `y` for its negative log-likelihood.")
+    record_input_spec(self, x)
     variables = self.model.trainable_variables
     curvature = getattr(self.optimizer, "curvature", None)
     num_samples = int(getattr(self.optimizer, "num_mc_samples", 1))

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfp_ext.internal import relativistic
+from tfp_ext.internal.keras_saving import check_saved_model_save
 
 __all__ = ["RelativisticSGD"]
 
@@ -121,6 +122,10 @@ class RelativisticSGD(tf_keras.optimizers.Optimizer):
     p = self._momenta[self._index_dict[self._var_key(variable)]]
     p.assign(p - lr * (gradient + friction * self._velocity(p)))
     variable.assign_add(lr * self._velocity(p))
+
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    check_saved_model_save(f"{self.name} (whose momenta are the sampler's state)", save_type)
+    return super()._trackable_children(save_type, **kwargs)
 
   def get_config(self):
     config = super().get_config()

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.keras_saving import check_saved_model_save
 from tfp_ext.internal.validation import check_int
 from tfp_ext.posterior.mean_field_gaussian import MeanFieldGaussian
 
@@ -207,6 +208,10 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
     """Weight samples per step (1 unless the algorithm averages several; see `mc_sample`)."""
     return 1
 
+  # Plain Python over tensors: nothing for AutoGraph to convert. Left to it, this call from a
+  # converted `train_step` once resolved `self._stddev` to another method's converted code
+  # (a TypeError in one run of the suite, not reproduced on rerun).
+  @tf.autograph.experimental.do_not_convert
   def mc_sample(self, var_list: Sequence[tf.Variable], sample: int) -> list:
     """Weight sample number `sample` ≥ 1 of the current step, as tensors aligned with `var_list`.
 
@@ -316,6 +321,10 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
       loc.append(tf.identity(mean))
       scale.append(tf.identity(self._stddev(index, mean)))
     return MeanFieldGaussian(loc, scale, name=f"{self.name}_posterior")
+
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    check_saved_model_save(f"{self.name} (whose variables hold the posterior)", save_type)
+    return super()._trackable_children(save_type, **kwargs)
 
   # -- Config --------------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfp_ext.internal import seeds
+from tfp_ext.internal.keras_saving import check_model_saved_model_save
+from tfp_ext.internal.keras_saving import record_input_spec
 from tfp_ext.internal.validation import check_int
 from tfp_ext.keras.amortized_sylvester_flow import AmortizedSylvesterFlow
 
@@ -264,6 +266,7 @@ class FlowVAE(tf_keras.Model):
     return loss, elbo
 
   def train_step(self, data):
+    record_input_spec(self, tf_keras.utils.unpack_x_y_sample_weight(data)[0])
     with tf.GradientTape() as tape:
       loss, elbo = self._loss(data, self._step_seed(2), training=True)
     self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
@@ -276,6 +279,10 @@ class FlowVAE(tf_keras.Model):
     self.loss_tracker.update_state(loss)
     self.elbo_tracker.update_state(elbo)
     return {m.name: m.result() for m in self.metrics}
+
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    check_model_saved_model_save(self, save_type)
+    return super()._trackable_children(save_type, **kwargs)
 
   def get_config(self):
     return {
