@@ -6,6 +6,7 @@ Subpackages are imported on first use, so `import tfp_ext` stays cheap:
 * `tfp_ext.posterior`: weight posteriors and vectorized predictive distributions.
 * `tfp_ext.serving`: SavedModel export for TF Serving, a compatible local server, a client.
 * `tfp_ext.bijectors`: Sylvester and tempered Hamiltonian flows.
+* `tfp_ext.distributed`: SNEP and the posterior server on TF's parameter-server engine.
 * `tfp_ext.distributions`: the generalized inverse Gaussian distribution (exact sampler).
 * `tfp_ext.mcmc`: relativistic and stochastic-gradient MCMC kernels.
 * `tfp_ext.keras`: Keras models that feed the natural-gradient optimizers.
@@ -16,7 +17,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("bijectors", "distributions", "keras", "mcmc", "optimizers", "posterior", "serving", "vi")
+_SUBPACKAGES = ("bijectors", "distributed", "distributions", "keras", "mcmc", "optimizers",
+                "posterior", "serving", "vi")
 
 __all__ = list(_SUBPACKAGES) + ["__version__"]
 
