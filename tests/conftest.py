@@ -20,6 +20,16 @@ except RuntimeError:  # Already initialized by an earlier import: keep what exis
   pass
 
 
+def pytest_collection_modifyitems(items):
+  """Runs the longest test first (the sensitive modules again under other CPU arithmetic).
+
+  With `--dist loadfile` a worker takes the files in collection order; started last, this one
+  test would end the suite alone on one core.
+  """
+  first = [i for i in items if i.nodeid.startswith("tests/internal/test_portable_numerics.py")]
+  items[:] = first + [i for i in items if i not in first]
+
+
 @pytest.fixture(autouse=True)
 def _clear_keras_session():
   import tf_keras

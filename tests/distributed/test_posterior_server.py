@@ -138,3 +138,47 @@ def test_diagonal_posterior_is_a_weight_posterior():
   with pytest.raises(ValueError, match="global_distribution"):
     PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE), **SETTINGS).posterior()
   assert isinstance(learner.global_distribution(), tf.Module)
+
+
+def test_restored_state_resumes_the_run(tmp_path):
+  """A chief restarted from a checkpoint of the server state continues the same run."""
+  shards, _, _ = _problem(2)
+  make = lambda: PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE), **SETTINGS)
+  uninterrupted = make().fit(2)
+  first = make().fit(1)
+  path = tf.train.Checkpoint(sites=first.state_variable).save(str(tmp_path / "server"))
+  resumed = make()
+  tf.train.Checkpoint(sites=resumed.state_variable).restore(path).assert_consumed()
+  resumed.fit(1)
+  np.testing.assert_array_equal(resumed.state_variable.numpy(),
+                                uninterrupted.state_variable.numpy())
+
+
+def test_sgmcmc_tilted_mean_is_exact_within_monte_carlo_error():
+  """`KernelTilted` with full-batch SGLD on a Gaussian tilted: Langevin's stationary mean is the
+  target's for any step size, so the estimate must match the exact tilted mean within 4 standard
+  errors (batch means over 20 consecutive calls that continue one chain)."""
+  shards, _, _ = _problem(2)
+  x, y = (np.asarray(a, np.float32) for a in shards[0])
+  family = GaussianFamily(D, "full")
+  cavity = family.from_mean_precision(np.full(D, 0.5), 2.0 * np.eye(D))
+  exact = ConjugateGaussianTilted(NOISE)(family, cavity, (x, y), None, None)[0].first.numpy()
+
+  def log_likelihood_fn(theta, batch):
+    bx, by = batch
+    return -0.5 * tf.square(by - tf.linalg.matvec(bx, theta)) / NOISE
+
+  tilted = tfp_ext.distributed.KernelTilted(
+      lambda lp, ll, data: tfp_ext.mcmc.StochasticGradientLangevinDynamics(
+          lp, ll, data, batch_size=len(x), step_size=1e-2),
+      log_likelihood_fn, num_results=500, num_burnin_steps=0)
+  state = tf.constant(exact, tf.float32)  # Start at the target: no burn-in bias to wait out.
+  estimate = tf.function(lambda s, seed: tilted(family, cavity, (x, y), s, seed))
+  means = []
+  for i in range(20):
+    stats, state = estimate(state, tf.constant([7, i]))
+    means.append(stats.first.numpy())
+  means = np.array(means)
+  standard_error = means.std(0, ddof=1) / np.sqrt(len(means))
+  assert np.all(np.abs(means.mean(0) - exact) < 4 * standard_error + 1e-4), (
+      means.mean(0), exact, standard_error)

@@ -133,7 +133,7 @@ class GaussianFamily:
 
   def statistics(self, samples) -> Mean:
     """The Monte Carlo mean of s(θ) = (θ, ½θθᵀ) over samples `[n, d]`."""
-    samples = tf.convert_to_tensor(samples, tf.float64)
+    samples = tf.cast(samples, tf.float64)
     n = tf.cast(tf.shape(samples)[0], tf.float64)
     first = tf.reduce_mean(samples, 0)
     if self.full:

@@ -147,7 +147,6 @@ class PosteriorServer:
     self.variance_limits = tuple(float(v) for v in variance_limits)
     self.seed = check_int("seed", seed, minimum=0)
     self.rejected = 0
-    self.rounds_done = 0
     d = self.family.dim
     ones = np.ones([d, d]) if self.family.full else np.ones([d])
     self.prior = self.family.from_mean_precision(
@@ -214,9 +213,15 @@ class PosteriorServer:
     damper = self.family.unflatten(row[size:2 * size])
     return snep.SiteState(site, damper, row[2 * size:2 * size + d], row[2 * size + d])
 
-  def _round(self, k, data, seed):
-    """Site k's round: SNEP iterations from the current state, then one additive write."""
+  def _round(self, k, data):
+    """Site k's round: SNEP iterations from the current state, then one additive write.
+
+    The sampler's seed comes from (seed, k, the site's iteration count), which the state holds,
+    so a run restored from a checkpoint of the state draws what the uninterrupted run drew.
+    """
     state = tf.convert_to_tensor(self._state)
+    seed = seeds.fold_in(seeds.sanitize(self.seed, salt="PosteriorServer"), k,
+                         tf.cast(state[k, -1], tf.int64))
     size = self.family.size
     total = tf.reduce_sum(state[:, :size], 0)
     own = self._row_parts(state[k])
@@ -234,10 +239,9 @@ class PosteriorServer:
     self._state.assign_add(tf.scatter_nd([[k]], delta[None], tf.shape(state)))
     return valid
 
-  def _worker_round(self, iterator, round_index):
+  def _worker_round(self, iterator):
     k = tf.distribute.coordinator.experimental_get_current_worker_index()
-    seed = seeds.fold_in(seeds.sanitize(self.seed, salt="PosteriorServer"), k, round_index)
-    return self._round(k, next(iterator), seed)
+    return self._round(k, next(iterator))
 
   # -- Running --------------------------------------------------------------------------------------
 
@@ -251,16 +255,12 @@ class PosteriorServer:
     num_rounds = check_int("num_rounds", num_rounds)
     if self._coordinator is None:
       round_fn = tf.function(self._round)
-      for r in range(num_rounds):
+      for _ in range(num_rounds):
         for k in range(self.num_sites):
-          seed = seeds.fold_in(seeds.sanitize(self.seed, salt="PosteriorServer"), k,
-                               self.rounds_done + r)
-          self._count(bool(round_fn(tf.constant(k), self._shards[k], seed)))
-      self.rounds_done += num_rounds
+          self._count(bool(round_fn(tf.constant(k), self._shards[k])))
       return self
-    results = [self._coordinator.schedule(self._remote_round,
-                                          args=(self._iterator, tf.constant(self.rounds_done + r)))
-               for r in range(num_rounds) for _ in range(self.num_sites)]
+    results = [self._coordinator.schedule(self._remote_round, args=(self._iterator,))
+               for _ in range(num_rounds * self.num_sites)]
     done = threading.Event()
     errors = []
 
@@ -278,7 +278,6 @@ class PosteriorServer:
       raise errors[0]
     for result in results:
       self._count(bool(result.fetch()))
-    self.rounds_done += num_rounds
     return self
 
   def _count(self, valid):
