@@ -20,14 +20,30 @@ except RuntimeError:  # Already initialized by an earlier import: keep what exis
   pass
 
 
-def pytest_collection_modifyitems(items):
-  """Runs the longest test first (the sensitive modules again under other CPU arithmetic).
+_LONGEST = "tests/internal/test_portable_numerics.py"
 
-  With `--dist loadfile` a worker takes the files in collection order; started last, this one
-  test would end the suite alone on one core.
+
+def pytest_xdist_make_scheduler(config, log):
+  """With `--dist loadfile`, hands out the longest test first (xdist orders files by size).
+
+  That test re-runs the sensitive modules under other CPU arithmetic on two workers of its own;
+  started last, it would end the suite alone, while started first it shares the cores with the
+  rest of the suite.
   """
-  first = [i for i in items if i.nodeid.startswith("tests/internal/test_portable_numerics.py")]
-  items[:] = first + [i for i in items if i not in first]
+  if config.getoption("dist", None) != "loadfile":
+    return None
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=g-import-not-at-top
+
+  class LongestFirst(LoadFileScheduling):
+
+    def _assign_work_unit(self, node):
+      for scope in self.workqueue:
+        if scope.replace("\\", "/").endswith(_LONGEST):
+          self.workqueue.move_to_end(scope, last=False)
+          break
+      super()._assign_work_unit(node)
+
+  return LongestFirst(config, log)
 
 
 @pytest.fixture(autouse=True)

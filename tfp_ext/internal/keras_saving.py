@@ -70,6 +70,6 @@ def record_input_spec(model, inputs) -> None:
   # pylint: disable=protected-access
   if model._saved_model_inputs_spec is None:
     model._set_save_spec(inputs)
-  if model._build_input_shape is None:
-    shape = inputs.shape
-    model._build_input_shape = tf.TensorShape([None]).concatenate(shape[1:])
+  if model._build_input_shape is None:  # Batch-free shapes, for one input or a structure.
+    model._build_input_shape = tf.nest.map_structure(
+        lambda t: tf.TensorShape([None]).concatenate(t.shape[1:]), inputs)
