@@ -55,8 +55,8 @@ class IVON(vo.VariationalOptimizer):
     the true curvature.
   * `learning_rate`: the step is preconditioned by 1/(h + δ), so α is typically 0.05-0.5 (much
     larger than Adam's). **Let it decay to zero** over the run (e.g.
-    `tf_keras.optimizers.schedules.CosineDecay(α, decay_steps=total_steps)`), as the paper does
-    in all its experiments. For weights the data barely constrain, h + δ is close to δ, so with a
+    `tf_keras.optimizers.schedules.CosineDecay(α, decay_steps=total_steps)`), as the paper's
+    experiments do. For weights the data barely constrain, h + δ is close to δ, so with a
     constant α the mean keeps taking noisy steps of about α·ĝ/δ up to the last one: the final
     weights then depend on the last steps' gradient noise, and a run's accuracy on the seed or
     even on the CPU's float rounding (notebook 02's digits classifier, 190 steps, 5 seeds: test
