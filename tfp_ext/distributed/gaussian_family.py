@@ -102,6 +102,14 @@ class GaussianFamily:
       return Natural(tf.linalg.matvec(precision, mean), -precision)
     return Natural(precision * mean, -precision)
 
+  def isotropic(self, precision: float) -> Natural:
+    """η of N(0, precision⁻¹ I)."""
+    d = self.dim
+    return self.from_mean_precision(
+        tf.zeros([d], tf.float64),
+        precision * tf.eye(d, dtype=tf.float64) if self.full else
+        tf.fill([d], tf.constant(precision, tf.float64)))
+
   def precision(self, eta: Natural) -> tf.Tensor:
     return -eta.neg_precision
 

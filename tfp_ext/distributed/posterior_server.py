@@ -148,13 +148,9 @@ class PosteriorServer:
     self.seed = check_int("seed", seed, minimum=0)
     self.rejected = 0
     d = self.family.dim
-    ones = np.ones([d, d]) if self.family.full else np.ones([d])
-    self.prior = self.family.from_mean_precision(
-        np.zeros(d), np.eye(d) * prior_precision if self.family.full else ones * prior_precision)
-    site_precision = (prior_precision / self.num_sites if initial_site_precision is None
-                      else float(initial_site_precision))
-    site0 = self.family.from_mean_precision(
-        np.zeros(d), np.eye(d) * site_precision if self.family.full else ones * site_precision)
+    self.prior = self.family.isotropic(prior_precision)
+    site0 = self.family.isotropic(prior_precision / self.num_sites if initial_site_precision is None
+                                  else float(initial_site_precision))
     chain0 = np.zeros(d) if initial_state is None else np.asarray(initial_state, np.float64)
     row = np.concatenate([self.family.flatten(site0).numpy(), self.family.flatten(
         tf.nest.map_structure(lambda a, b: a + self.num_sites * b, self.prior, site0)).numpy(),
@@ -163,6 +159,7 @@ class PosteriorServer:
     if strategy is None:
       self._state = tf.Variable(initial, name="snep_sites")
       self._coordinator = None
+      self._local_round = tf.function(self._round)
     else:
       workers = strategy.extended._num_workers  # pylint: disable=protected-access
       if workers != self.num_sites:
@@ -222,17 +219,12 @@ class PosteriorServer:
     state = tf.convert_to_tensor(self._state)
     seed = seeds.fold_in(seeds.sanitize(self.seed, salt="PosteriorServer"), k,
                          tf.cast(state[k, -1], tf.int64))
-    size = self.family.size
-    total = tf.reduce_sum(state[:, :size], 0)
-    own = self._row_parts(state[k])
-    cond_prior = self.family.unflatten(self.family.flatten(self.prior) + total - state[k, :size])
-    chain_dtype = tf.float32 if isinstance(self.tilted, snep.KernelTilted) else tf.float64
-    local = own._replace(chain=tf.cast(own.chain, chain_dtype))
-    new = snep.snep_iterations(self.family, local, cond_prior, data, self.tilted,
-                               self.iters_per_sync, self.learning_rate, self.beta,
+    cond_prior = self.family.unflatten(self._global_flat(state) - state[k, :self.family.size])
+    new = snep.snep_iterations(self.family, self._row_parts(state[k]), cond_prior, data,
+                               self.tilted, self.iters_per_sync, self.learning_rate, self.beta,
                                self.iters_per_damp, self.mean_limits, self.variance_limits, seed)
     new_row = tf.concat([self.family.flatten(new.site), self.family.flatten(new.damper),
-                         tf.cast(new.chain, tf.float64), [new.iteration]], 0)
+                         new.chain, [new.iteration]], 0)
     valid = self.family.is_valid(new.site) & tf.reduce_all(tf.math.is_finite(new_row))
     delta = tf.where(valid, new_row - state[k], tf.zeros_like(new_row))
     k = tf.cast(k, tf.int32)
@@ -254,10 +246,9 @@ class PosteriorServer:
     """
     num_rounds = check_int("num_rounds", num_rounds)
     if self._coordinator is None:
-      round_fn = tf.function(self._round)
       for _ in range(num_rounds):
         for k in range(self.num_sites):
-          self._count(bool(round_fn(tf.constant(k), self._shards[k])))
+          self._count(bool(self._local_round(tf.constant(k), self._shards[k])))
       return self
     results = [self._coordinator.schedule(self._remote_round, args=(self._iterator,))
                for _ in range(num_rounds * self.num_sites)]
@@ -289,11 +280,13 @@ class PosteriorServer:
 
   # -- Results --------------------------------------------------------------------------------------
 
+  def _global_flat(self, state):
+    """η₀ + Σ_k η_k from the state, flattened."""
+    return self.family.flatten(self.prior) + tf.reduce_sum(state[:, :self.family.size], 0)
+
   def global_natural(self) -> Natural:
     """η₀ + Σ_k η_k, the global approximation's natural parameters."""
-    state = tf.convert_to_tensor(self._state)
-    total = tf.reduce_sum(state[:, :self.family.size], 0)
-    return self.family.unflatten(self.family.flatten(self.prior) + total)
+    return self.family.unflatten(self._global_flat(tf.convert_to_tensor(self._state)))
 
   def site(self, k: int) -> Natural:
     return self.family.unflatten(tf.convert_to_tensor(self._state)[k, :self.family.size])

@@ -115,22 +115,24 @@ class KernelTilted:
   `make_kernel(log_prior_fn, log_likelihood_fn, data)` returns the kernel, for instance
   `lambda lp, ll, d: tfp_ext.mcmc.StochasticGradientLangevinDynamics(lp, ll, d, batch_size=32,
   step_size=1e-3)`; SNEP passes the cavity's log-density as the prior and the shard's
-  per-example log-likelihood over β. Each call continues the chain from `state` for
-  `num_burnin_steps + num_results` steps and returns the mean sufficient statistics of the last
-  `num_results` states.
+  per-example log-likelihood over β. Each call continues the chain from `state` (kept in
+  float64 by the server) in `dtype` for `num_burnin_steps + num_results` steps and returns the
+  mean sufficient statistics of the last `num_results` states.
   """
 
   def __init__(self, make_kernel: Callable, log_likelihood_fn: Callable[[tf.Tensor, Any],
                                                                          tf.Tensor],
-               num_results: int = 20, num_burnin_steps: int = 0, beta: float = 1.0):
+               num_results: int = 20, num_burnin_steps: int = 0, beta: float = 1.0,
+               dtype=tf.float32):
     self.make_kernel = make_kernel
     self.log_likelihood_fn = log_likelihood_fn
     self.num_results = check_int("num_results", num_results)
     self.num_burnin_steps = check_int("num_burnin_steps", num_burnin_steps, minimum=0)
     self.beta = float(beta)
+    self.dtype = tf.as_dtype(dtype)
 
   def __call__(self, family, cavity, data, state, seed):
-    dtype = state.dtype
+    dtype = self.dtype
 
     def log_prior_fn(theta):  # exp(ηᵀ s(θ)), unnormalized: only its gradient matters.
       theta64 = tf.cast(theta, tf.float64)
@@ -142,7 +144,7 @@ class KernelTilted:
       return self.log_likelihood_fn(theta, batch) / tf.cast(self.beta, dtype)
 
     kernel = self.make_kernel(log_prior_fn, log_likelihood_fn, data)
-    samples = tfp.mcmc.sample_chain(self.num_results, state, kernel=kernel,
+    samples = tfp.mcmc.sample_chain(self.num_results, tf.cast(state, dtype), kernel=kernel,
                                     num_burnin_steps=self.num_burnin_steps,
                                     trace_fn=None, seed=seed)
-    return family.statistics(samples), samples[-1]
+    return family.statistics(samples), tf.cast(samples[-1], state.dtype)
