@@ -10,6 +10,8 @@ The tolerances are float64 rounding of 3×3 solves (1e-9).
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
 
 import tfp_ext
 from tfp_ext.distributed import ConjugateGaussianTilted
@@ -30,6 +32,12 @@ def _problem(k):
   y = x @ rng.normal(size=D) + np.sqrt(NOISE) * rng.normal(size=N)
   cov = np.linalg.inv(PRIOR * np.eye(D) + x.T @ x / NOISE)
   return [(x[i::k], y[i::k]) for i in range(k)], cov @ (x.T @ y / NOISE), cov
+
+
+def _server(shards, tilted=None, **kwargs):
+  """The conjugate problem's server: exact tilted moments unless `tilted` is given."""
+  return PosteriorServer(D, prior=PRIOR, shards=shards,
+                         tilted=tilted or ConjugateGaussianTilted(NOISE), **{**SETTINGS, **kwargs})
 
 
 def _assert_exact(learner, mean, cov):
@@ -67,8 +75,8 @@ def test_gaussian_family_maps_round_trip():
 @pytest.mark.parametrize("k", [2, 3])
 def test_conjugate_fixed_point_is_the_exact_posterior(k):
   shards, mean, cov = _problem(k)
-  learner = PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE), **SETTINGS)
-  learner.fit(16)
+  learner = _server(shards)
+  learner.fit(16, verbose=0)
   _assert_exact(learner, mean, cov)
   assert learner.rejected == 0
   # Each site is its shard's likelihood factor: precision XₖᵀXₖ/σ².
@@ -78,8 +86,8 @@ def test_conjugate_fixed_point_is_the_exact_posterior(k):
 
 def test_synchronous_runs_are_deterministic():
   shards, _, _ = _problem(2)
-  a = PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE), **SETTINGS).fit(2)
-  b = PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE), **SETTINGS).fit(2)
+  a = _server(shards).fit(2, verbose=0)
+  b = _server(shards).fit(2, verbose=0)
   np.testing.assert_array_equal(a.state_variable.numpy(), b.state_variable.numpy())
 
 
@@ -87,8 +95,7 @@ def test_asynchronous_cluster_reaches_the_exact_posterior():
   """Two workers on an in-process parameter-server cluster, updates in whatever order they land."""
   shards, mean, cov = _problem(2)
   cluster = tfp_ext.distributed.LocalCluster(num_workers=2)
-  learner = PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE),
-                            strategy=cluster.strategy(), **SETTINGS)
+  learner = _server(shards, strategy=cluster.strategy())
   learner.fit(16, timeout=240)
   _assert_exact(learner, mean, cov)
   assert learner.rejected == 0
@@ -101,9 +108,9 @@ def test_invalid_site_update_is_rejected_and_state_kept(caplog):
     mu, state = ConjugateGaussianTilted(NOISE)(family, cavity, data, state, seed)
     return type(mu)(mu.first * np.nan, mu.half_second), state
 
-  learner = PosteriorServer(D, PRIOR, shards, broken, **SETTINGS)
+  learner = _server(shards, broken)
   before = learner.state_variable.numpy()
-  learner.fit(1)
+  learner.fit(1, verbose=0)
   assert learner.rejected == 2
   np.testing.assert_array_equal(learner.state_variable.numpy(), before)
   assert "rejected" in caplog.text
@@ -115,43 +122,69 @@ def test_invalid_site_update_is_rejected_and_state_kept(caplog):
     ({"shards": [(np.zeros((0, D)), np.zeros(0))]}, "empty"),
     ({"shards": [(np.zeros((4, D)), np.zeros(4)), (np.zeros((4, D)),)]}, "structure"),
     ({"shards": [(np.zeros((4, D)), np.zeros(3))]}, "lengths"),
-    ({"prior_precision": 0.0}, "Gaussian prior"),
-    ({"prior_precision": float("inf")}, "Gaussian prior"),
+    ({"prior": 0.0}, "Gaussian prior"),
+    ({"prior": float("inf")}, "Gaussian prior"),
+    ({"prior": tfp.distributions.StudentT(3., 0., 1.)}, "Gaussian prior"),
+    ({"tilted": None}, "exactly one"),
     ({"covariance": "kfac"}, "covariance"),
     ({"learning_rate": 0.0}, "learning_rate"),
 ])
 def test_bad_input_is_refused_at_construction(kwargs, match):
-  args = dict(dim=D, prior_precision=PRIOR, shards=_problem(2)[0],
+  args = dict(model=D, prior=PRIOR, shards=_problem(2)[0],
               tilted=ConjugateGaussianTilted(NOISE))
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     PosteriorServer(**args)
 
 
-def test_diagonal_posterior_is_a_weight_posterior():
-  shards, _, _ = _problem(2)
-  learner = PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE),
-                            covariance="diagonal", learning_rate=0.2, iters_per_sync=50,
-                            iters_per_damp=1).fit(2)
+def test_posterior_is_a_weight_posterior():
+  """Diagonal: a MeanFieldGaussian of the global means and standard deviations. Full: an
+  ensemble of draws from N(m, C), whose sample mean and covariance match within MC error."""
+  shards, mean, cov = _problem(2)
+  learner = _server(shards, covariance="diagonal", learning_rate=0.2, iters_per_sync=50).fit(
+      2, verbose=0)
   q = learner.posterior()
+  m, v = learner.family.mean_and_covariance(learner.global_natural())
   assert isinstance(q, tfp_ext.posterior.MeanFieldGaussian) and q.loc[0].shape == [D]
-  with pytest.raises(ValueError, match="global_distribution"):
-    PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE), **SETTINGS).posterior()
-  assert isinstance(learner.global_distribution(), tf.Module)
+  np.testing.assert_allclose(q.loc[0], m, rtol=1e-6)
+  np.testing.assert_allclose(q.scale[0], np.sqrt(v), rtol=1e-6)
+  full = _server(shards).fit(16, verbose=0)
+  n = 20_000
+  ensemble = full.posterior(num_samples=n, seed=3, dtype=tf.float64)
+  assert isinstance(ensemble, tfp_ext.posterior.SampleEnsemble)
+  draws = ensemble.samples[0].numpy()
+  se = np.sqrt(np.diag(cov) / n)
+  assert np.all(np.abs(draws.mean(0) - mean) < 5 * se)
+  # Var of a sample covariance entry: (C_ij² + C_ii C_jj) / n.
+  se_cov = np.sqrt((cov ** 2 + np.outer(np.diag(cov), np.diag(cov))) / n)
+  assert np.all(np.abs(np.cov(draws.T) - cov) < 5 * se_cov)
 
 
-def test_restored_state_resumes_the_run(tmp_path):
-  """A chief restarted from a checkpoint of the server state continues the same run."""
+def test_chief_restarted_from_its_backup_resumes_the_run(tmp_path):
+  """A chief that dies after round 1 of 3 and is restarted with the same `backup_dir` runs
+  rounds 2 and 3 only, and ends where the uninterrupted synchronous run ends."""
   shards, _, _ = _problem(2)
-  make = lambda: PosteriorServer(D, PRIOR, shards, ConjugateGaussianTilted(NOISE), **SETTINGS)
-  uninterrupted = make().fit(2)
-  first = make().fit(1)
-  path = tf.train.Checkpoint(sites=first.state_variable).save(str(tmp_path / "server"))
-  resumed = make()
-  tf.train.Checkpoint(sites=resumed.state_variable).restore(path).assert_consumed()
-  resumed.fit(1)
+  uninterrupted = _server(shards).fit(3, verbose=0)
+
+  class ChiefDied(Exception):
+    pass
+
+  class ChiefDies(tf_keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 0:
+        raise ChiefDied()
+
+  backup = str(tmp_path / "backup")
+  with pytest.raises(ChiefDied):
+    _server(shards).fit(3, callbacks=[ChiefDies()], backup_dir=backup, verbose=0)
+  seen = []
+  resumed = _server(shards).fit(3, backup_dir=backup, verbose=0, callbacks=[
+      tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda r, logs: seen.append((r, logs)))])
+  assert [r for r, _ in seen] == [1, 2]
+  assert all(logs["rejected"] == 0 and logs["max_mean_change"] >= 0 for _, logs in seen)
   np.testing.assert_array_equal(resumed.state_variable.numpy(),
                                 uninterrupted.state_variable.numpy())
+  assert not tf.io.gfile.glob(backup + "/*"), "the backup outlives a completed fit"
 
 
 def test_sgmcmc_tilted_mean_is_exact_within_monte_carlo_error():
