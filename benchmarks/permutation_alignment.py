@@ -30,18 +30,10 @@ import time
 
 import numpy as np
 
+from benchmarks._datasets import load_digits_split
+
 EPOCHS, BATCH, NUM_SAMPLES, NUM_POINTS, PRIOR_PRECISION, VADAM_RATE = 20, 64, 32, 11, 30.0, 0.03
 PLOT = pathlib.Path(__file__).resolve().parent / "permutation_alignment.png"
-
-
-def _digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  x = (digits.data / 16.).astype(np.float32)
-  y = digits.target.astype(np.int32)
-  order = np.random.default_rng(0).permutation(len(x))
-  cut = 2 * len(x) // 3
-  return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
 
 
 def _model(seed, d, width):
@@ -106,7 +98,7 @@ def main(quick: bool = False) -> None:
   import tfp_ext  # pylint: disable=g-import-not-at-top
   from tfp_ext import posterior as tpp  # pylint: disable=g-import-not-at-top
 
-  data = _digits()
+  data = load_digits_split()
   x_test, y_test = data[2], data[3]
   epochs, width = (5, 32) if quick else (EPOCHS, 64)
   nll = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")

@@ -1,4 +1,4 @@
-"""align / Permutation: exact recovery of permuted copies, symmetry of the network, monotone descent."""
+"""align and Permutation: exact recovery of permuted copies, network symmetry, monotone descent."""
 
 import itertools
 

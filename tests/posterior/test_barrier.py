@@ -1,4 +1,4 @@
-"""interpolate and marginalized_loss_barrier against closed forms, exact couplings and symmetries."""
+"""interpolate and marginalized_loss_barrier against closed forms, exact couplings, symmetries."""
 
 import itertools
 import math

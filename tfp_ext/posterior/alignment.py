@@ -219,7 +219,7 @@ def _parse(model) -> Tuple[List[_Group], List[_WeightSpec]]:
 
 def _permute(x: np.ndarray, moves: Sequence[_AxisMove], perms: Sequence[np.ndarray],
              offset: int = 0, skip: Optional[_AxisMove] = None) -> np.ndarray:
-  """Gathers each moved axis of `x` (shifted by `offset` leading axes) by its group's permutation."""
+  """Gathers each moved axis of `x` (after `offset` leading axes) by its group's permutation."""
   for m in moves:
     if m is skip:
       continue
@@ -253,7 +253,7 @@ def _summary(q, label: str):
 def squared_wasserstein_distance(q_a, q_b) -> float:
   """W₂²(q_a, q_b) = Σ_i (μ_a,i − μ_b,i)² + (σ_a,i − σ_b,i)² between two mean-field Gaussians.
 
-  The squared 2-Wasserstein distance between diagonal Gaussians (Rossi et al., 2023, Sec. 4; for
+  The squared 2-Wasserstein distance between diagonal Gaussians (Rossi et al., 2023; for
   a `SampleEnsemble`, its per-weight mean and standard deviation stand in for μ and σ). This is
   the cost `align` minimizes over permutations.
   """
@@ -411,7 +411,7 @@ def align(model, q_a, q_b, cost: str = "wasserstein", max_sweeps: int = 100,
 
   Minimizes over one permutation P_ℓ per group ℓ of hidden units (a layer's units, or every
   layer feeding one residual stream) the squared 2-Wasserstein distance between the mean-field
-  Gaussians (Rossi et al., 2023, Sec. 4):
+  Gaussians (Rossi et al., 2023):
 
   ```none
   min_P  Σ_w ‖μ_a,w − P(μ_b,w)‖² + ‖σ_a,w − P(σ_b,w)‖²

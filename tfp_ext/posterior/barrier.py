@@ -72,7 +72,7 @@ def marginalized_loss_barrier(model, q_a, q_b, data, loss: Callable,
                               batch_size: Optional[int] = None) -> LossBarrier:
   r"""The marginalized loss barrier along the Wasserstein interpolation from `q_a` to `q_b`.
 
-  Following Rossi et al. (2023, Sec. 3), the loss of a posterior q is that of its Bayesian model
+  Following Rossi et al. (2023), the loss of a posterior q is that of its Bayesian model
   average, the predictive p(y | x, q) = E_q[p(y | x, θ)], on the data:
 
   ```none
@@ -90,6 +90,9 @@ def marginalized_loss_barrier(model, q_a, q_b, data, loss: Callable,
   and B(t) has a small error. The standard errors come from the delta method applied to the
   per-draw terms of B(t) jointly (the three losses share their draws), std_s(b_s)/√S. An ensemble
   using all of its members has no Monte Carlo error (stderr 0).
+
+  The model runs in inference mode with its own non-trainable state at every t: the moving
+  statistics of BatchNormalization layers are not interpolated (nor re-estimated for q_t).
 
   Args:
     model: the tf_keras model the posteriors' weight parts belong to.

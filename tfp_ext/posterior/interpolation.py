@@ -53,7 +53,7 @@ def optimal_coupling(q_a: SampleEnsemble, q_b: SampleEnsemble) -> np.ndarray:
 def interpolate(q_a: Posterior, q_b: Posterior, t: float, coupling=None) -> Posterior:
   r"""The point at fraction `t` of the 2-Wasserstein geodesic from `q_a` to `q_b`.
 
-  For mean-field Gaussians the geodesic stays mean-field Gaussian (Rossi et al., 2023, Sec. 3;
+  For mean-field Gaussians the geodesic stays mean-field Gaussian (Rossi et al., 2023;
   McCann's displacement interpolation of Gaussians with commuting covariances):
 
   ```none
