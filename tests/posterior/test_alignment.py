@@ -244,3 +244,25 @@ def test_other_bad_input():
   first = next(iter(Permutation.from_indices(model, {}).permutations))
   with pytest.raises(ValueError, match="permutation of 0..5"):
     Permutation.from_indices(model, {first: [0, 0, 1, 2, 3, 4]})
+
+
+def test_wasserstein_cost_uses_the_standard_deviations():
+  # Units 0 and 1 have the same means everywhere and differ only in σ: the means cannot tell a
+  # swap of them from the identity, the 2-Wasserstein cost can.
+  model = tf_keras.Sequential([L.Dense(3, activation="relu", input_shape=(2,)), L.Dense(2)])
+  q = _random_posterior(model, 30)
+  loc, scale = [t.numpy() for t in q.loc], [t.numpy() for t in q.scale]
+  for part, axis in ((0, 1), (1, 0), (2, 0)):  # kernel columns, bias, next kernel rows
+    np.put_along_axis(loc[part], np.ones((1,) * loc[part].ndim, int),
+                      np.take(loc[part], [0], axis=axis), axis=axis)
+    scale[part] = np.moveaxis(scale[part], axis, 0)
+    scale[part][1] = scale[part][0] * 3.
+    scale[part] = np.moveaxis(scale[part], 0, axis)
+  q_a = MeanFieldGaussian(loc, scale)
+  (group,) = Permutation.from_indices(model, {}).permutations
+  q_b = Permutation.from_indices(model, {group: [1, 0, 2]}).apply(q_a)
+  for a, b in zip(q_a.loc, q_b.loc):
+    np.testing.assert_array_equal(a, b)  # the swap left every mean in place
+  assert squared_wasserstein_distance(q_a, q_b) > 0
+  np.testing.assert_array_equal(align(model, q_a, q_b).permutations[group], [1, 0, 2])
+  assert squared_wasserstein_distance(q_a, align(model, q_a, q_b).apply(q_b)) == 0.
