@@ -239,6 +239,8 @@ def test_other_bad_input():
     align(model, q, q, max_sweeps=0)
   with pytest.raises(ValueError, match="`q_a` must be"):
     align(model, [np.zeros(3)], q)
+  with pytest.raises(ValueError, match="`q` must be"):
+    Permutation.from_indices(model, {}).apply([np.zeros(3)])
   with pytest.raises(ValueError, match="No unit group 'nope'.*'dense"):
     Permutation.from_indices(model, {"nope": [0]})
   first = next(iter(Permutation.from_indices(model, {}).permutations))

@@ -346,10 +346,12 @@ class Permutation:
 
   @property
   def permutations(self) -> Dict[str, np.ndarray]:
+    """`{group name: indices}`, in the order the groups' layers run."""
     return {g.name: p.copy() for g, p in zip(self._groups, self._perms)}
 
   @property
   def is_identity(self) -> bool:
+    """Whether every group keeps its order."""
     return all(np.array_equal(p, np.arange(len(p))) for p in self._perms)
 
   def _check(self, q):
@@ -372,14 +374,14 @@ class Permutation:
     Raises:
       ValueError: `q` is not a MeanFieldGaussian or SampleEnsemble of the aligned model.
     """
+    if not isinstance(q, (MeanFieldGaussian, SampleEnsemble)):
+      raise ValueError(f"`q` must be a MeanFieldGaussian or a SampleEnsemble, got "
+                       f"{type(q).__name__}.")
     self._check(q)
     if isinstance(q, MeanFieldGaussian):
       return MeanFieldGaussian(self._permuted_parts(q.loc, 0), self._permuted_parts(q.scale, 0),
                                name=f"{q.name}_permuted")
-    if isinstance(q, SampleEnsemble):
-      return SampleEnsemble(self._permuted_parts(q.samples, 1), name=f"{q.name}_permuted")
-    raise ValueError(f"`q` must be a MeanFieldGaussian or a SampleEnsemble, got "
-                     f"{type(q).__name__}.")
+    return SampleEnsemble(self._permuted_parts(q.samples, 1), name=f"{q.name}_permuted")
 
   def apply_to_model(self, model) -> None:
     """Permutes every variable of `model` in place, BatchNormalization statistics included.
