@@ -20,8 +20,8 @@ UCI_DIR = DATA_ROOT / "uci"
 AUSTRALIAN_DIR = DATA_ROOT / "classification" / "australian_presplit"
 
 __all__ = ["DATA_ROOT", "UciSplit", "uci_names", "uci_num_splits", "load_uci", "load_australian",
-           "gaussian_mixture_log_likelihood", "mean_and_stderr", "bernoulli_metrics",
-           "one_hidden_layer_mlp"]
+           "load_digits_split", "gaussian_mixture_log_likelihood", "mean_and_stderr",
+           "bernoulli_metrics", "one_hidden_layer_mlp"]
 
 
 def _require(path: pathlib.Path) -> pathlib.Path:
@@ -72,6 +72,21 @@ def load_uci(name: str, split: int) -> UciSplit:
                   y_train=f32((y[train] - y_mean) / y_std),
                   x_test=f32((x[test] - x_mean) / x_std), y_test=y[test].astype(np.float64),
                   y_mean=y_mean, y_std=y_std)
+
+
+def load_digits_split():
+  """scikit-learn's 8×8 digits as notebook 02 splits them: (x_train, y_train, x_test, y_test).
+
+  Pixels scaled to [0, 1] (float32), int32 labels; a fixed shuffle, the first two thirds
+  (1,198 examples) for training and the rest (599) for testing.
+  """
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  digits = load_digits()
+  x = (digits.data / 16.).astype(np.float32)
+  y = digits.target.astype(np.int32)
+  order = np.random.default_rng(0).permutation(len(x))
+  cut = 2 * len(x) // 3
+  return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
 
 
 def load_australian():

@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from benchmarks._datasets import load_digits_split
+
 SEEDS = (0, 1, 2, 3, 4)
 SETTINGS = (
     ("oneDNN off", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
@@ -30,16 +32,6 @@ SETTINGS = (
 )
 CONFIGS = ("IVON, constant α = 0.1 (before)", "IVON, cosine α from 0.1 (now)", "VOGN")
 EPOCHS, BATCH, NUM_SAMPLES = 10, 64, 16
-
-
-def _digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  x = (digits.data / 16.).astype(np.float32)
-  y = digits.target.astype(np.int32)
-  order = np.random.default_rng(0).permutation(len(x))
-  cut = 2 * len(x) // 3
-  return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
 
 
 def _run(config, seed, data):
@@ -78,7 +70,7 @@ def _run(config, seed, data):
 
 
 def _worker(seeds):
-  data = _digits()
+  data = load_digits_split()
   for config in CONFIGS:
     for seed in seeds:
       accuracy, nll = _run(config, seed, data)
