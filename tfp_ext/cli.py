@@ -1,4 +1,5 @@
-"""The `tfp-ext` command: `check` an export, `serve` exports over REST, run the `quickstart`."""
+"""The `tfp-ext` command: `check` an export, `serve` exports over REST, run the `quickstart`, run a
+`posterior-server` cluster task."""
 
 import argparse
 import logging
@@ -49,6 +50,15 @@ def _quickstart(args) -> int:
   return 0
 
 
+def _posterior_server(args) -> int:
+  from tfp_ext.distributed import launcher  # pylint: disable=g-import-not-at-top
+  try:
+    launcher.run_task(args.job_name, args.task_index)
+  except ValueError as e:
+    raise SystemExit(f"tfp-ext posterior-server: {e}") from e
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point of the `tfp-ext` console script."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,6 +101,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--epochs", type=int, default=None, help="training epochs (default: built in)")
   p.add_argument("--no_serve", action="store_true", help="stop after the export and check")
   p.set_defaults(fn=_quickstart)
+
+  p = sub.add_parser("posterior-server",
+                     help="run a worker or parameter-server task of a posterior-server cluster",
+                     description="Starts this process's task of the cluster in TF_CONFIG (a "
+                     "tf.distribute.Server) and serves until killed. The chief runs the training "
+                     "program, with tfp_ext.distributed.strategy_from_tf_config().")
+  p.add_argument("--job_name", choices=("worker", "ps"), default=None,
+                 help="the task's job (default: TF_CONFIG's task type)")
+  p.add_argument("--task_index", type=int, default=None,
+                 help="the task's index in its job (default: TF_CONFIG's task index)")
+  p.set_defaults(fn=_posterior_server)
 
   args = parser.parse_args(argv)
   return args.fn(args)

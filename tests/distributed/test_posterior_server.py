@@ -7,6 +7,8 @@ N(m, C), C = (λI + XᵀX/σ²)⁻¹, m = C Xᵀy/σ², for any number of shards
 The tolerances are float64 rounding of 3×3 solves (1e-9).
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,26 +20,9 @@ from tfp_ext.distributed import ConjugateGaussianTilted
 from tfp_ext.distributed import GaussianFamily
 from tfp_ext.distributed import PosteriorServer
 
-D, N, NOISE, PRIOR = 3, 60, 4.0, 1.0
-# A site moves in mean-parameter space, where its slowest direction contracts by about
-# 1 − ε·(posterior variance / site variance)² an iteration: slower for more sites. ε = 0.5 from
-# sites of precision 5 reaches float64 rounding within 16 rounds of 500 iterations for K = 2, 3.
-SETTINGS = dict(covariance="full", learning_rate=0.5, iters_per_sync=500, iters_per_damp=1,
-                initial_site_precision=5.0)
-
-
-def _problem(k):
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(N, D))
-  y = x @ rng.normal(size=D) + np.sqrt(NOISE) * rng.normal(size=N)
-  cov = np.linalg.inv(PRIOR * np.eye(D) + x.T @ x / NOISE)
-  return [(x[i::k], y[i::k]) for i in range(k)], cov @ (x.T @ y / NOISE), cov
-
-
-def _server(shards, tilted=None, **kwargs):
-  """The conjugate problem's server: exact tilted moments unless `tilted` is given."""
-  return PosteriorServer(D, prior=PRIOR, shards=shards,
-                         tilted=tilted or ConjugateGaussianTilted(NOISE), **{**SETTINGS, **kwargs})
+from tests.distributed.conjugate_problem import D, NOISE, PRIOR, SETTINGS
+from tests.distributed.conjugate_problem import problem as _problem
+from tests.distributed.conjugate_problem import server as _server
 
 
 def _assert_exact(learner, mean, cov):
@@ -72,10 +57,10 @@ def test_gaussian_family_maps_round_trip():
   assert values.min() >= 1.0 - 1e-9 and values.max() <= 2.0 + 1e-9
 
 
-@pytest.mark.parametrize("k", [2, 3])
-def test_conjugate_fixed_point_is_the_exact_posterior(k):
+@pytest.mark.parametrize("k, jit_compile", [(2, True), (3, False)])
+def test_conjugate_fixed_point_is_the_exact_posterior(k, jit_compile):
   shards, mean, cov = _problem(k)
-  learner = _server(shards)
+  learner = _server(shards, jit_compile=jit_compile)
   learner.fit(16, verbose=0)
   _assert_exact(learner, mean, cov)
   assert learner.rejected == 0
@@ -95,7 +80,7 @@ def test_asynchronous_cluster_reaches_the_exact_posterior():
   """Two workers on an in-process parameter-server cluster, updates in whatever order they land."""
   shards, mean, cov = _problem(2)
   cluster = tfp_ext.distributed.LocalCluster(num_workers=2)
-  learner = _server(shards, strategy=cluster.strategy())
+  learner = _server(shards, strategy=cluster.strategy(), jit_compile=True)
   learner.fit(16, timeout=240)
   _assert_exact(learner, mean, cov)
   assert learner.rejected == 0
@@ -215,3 +200,35 @@ def test_sgmcmc_tilted_mean_is_exact_within_monte_carlo_error():
   standard_error = means.std(0, ddof=1) / np.sqrt(len(means))
   assert np.all(np.abs(means.mean(0) - exact) < 4 * standard_error + 1e-4), (
       means.mean(0), exact, standard_error)
+
+
+def test_keras_model_with_sgld_reaches_the_exact_posterior_mean_within_monte_carlo_error():
+  """The whole user path: a Keras model and its loss, SGLD on each site's tilted distribution.
+
+  The model is the conjugate problem's linear regression (Dense(1) without bias, loss the
+  Gaussian negative log-likelihood), so its exact posterior is known. With SG-MCMC moments the
+  global mean fluctuates from round to round around SNEP's fixed point; its average over 30
+  rounds (after 10 of burn-in) must be within 4 standard errors of the exact mean (standard
+  errors from the rounds' spread: each round of 200 SNEP iterations is 2 of the sites' memory
+  times 1/ε = 100, so rounds are close to independent).
+  """
+  shards, mean, cov = _problem(2)
+  shards = [(x.astype(np.float32), y.astype(np.float32)[:, None]) for x, y in shards]
+  model = tf_keras.Sequential([tf_keras.layers.Dense(1, use_bias=False, input_shape=(D,))])
+  learner = PosteriorServer(
+      model, loss=lambda y, f: 0.5 * tf.square(y - f)[..., 0] / NOISE, prior=PRIOR,
+      shards=shards, kernel=functools.partial(tfp_ext.mcmc.StochasticGradientLangevinDynamics,
+                                              batch_size=len(shards[0][0]), step_size=4e-3),
+      covariance="full", learning_rate=0.01, iters_per_sync=200, iters_per_damp=1,
+      num_results=20, seed=1)
+  means = []
+  learner.fit(10, verbose=0)
+  learner.fit(30, verbose=0, callbacks=[tf_keras.callbacks.LambdaCallback(
+      on_epoch_end=lambda r, logs: means.append(learner.global_distribution().mean().numpy()))])
+  means = np.array(means)
+  standard_error = means.std(0, ddof=1) / np.sqrt(len(means))
+  assert np.all(np.abs(means.mean(0) - mean) < 4 * standard_error), (
+      means.mean(0), mean, standard_error)
+  # The result is a weight posterior of the model's one kernel, ready for export.
+  q = learner.posterior(num_samples=8, seed=0)
+  assert [s.shape for s in q.samples] == [[8, D, 1]]

@@ -1,6 +1,7 @@
 """Distributed Bayesian learning: SNEP and the posterior server on TF's parameter-server engine."""
 
 from tfp_ext.distributed.gaussian_family import GaussianFamily
+from tfp_ext.distributed.launcher import strategy_from_tf_config
 from tfp_ext.distributed.local_cluster import LocalCluster
 from tfp_ext.distributed.posterior_server import PosteriorServer
 from tfp_ext.distributed.snep import ConjugateGaussianTilted
@@ -14,4 +15,5 @@ __all__ = [
     "LocalCluster",
     "PosteriorServer",
     "snep_iterations",
+    "strategy_from_tf_config",
 ]

@@ -58,9 +58,14 @@ def _eigh(a):
 
 
 def _sym_inverse(a):
-  """The inverse of a symmetric matrix by its eigendecomposition (inf/NaN where singular)."""
-  values, vectors = _eigh(a)
-  return _sym(tf.matmul(vectors / values[None, :], vectors, transpose_b=True))
+  """The inverse of a symmetric matrix (NaN when it is not finite).
+
+  Not by eigendecomposition: XLA's CPU eigensolver stops at a relative tolerance near 1e-5, which
+  would leave every compiled SNEP iteration that far from float64 rounding.
+  """
+  ok = _finite(a)
+  inverse = tf.linalg.inv(tf.where(ok, _sym(a), tf.eye(tf.shape(a)[0], dtype=a.dtype)))
+  return tf.where(ok, _sym(inverse), tf.constant(float("nan"), a.dtype))
 
 
 class GaussianFamily:
@@ -157,9 +162,12 @@ class GaussianFamily:
     m = tf.clip_by_value(mu.first, mean_limits[0], mean_limits[1])
     c = self.covariance_of(mu)
     if self.full:
+      # Rebuilt from the eigendecomposition only when an eigenvalue is outside the limits (the
+      # rebuilt matrix carries the eigensolver's error, which XLA's CPU solver keeps near 1e-5).
       values, vectors = _eigh(c)
-      values = tf.clip_by_value(values, variance_limits[0], variance_limits[1])
-      c = _sym(tf.matmul(vectors * values[None, :], vectors, transpose_b=True))
+      clipped = tf.clip_by_value(values, variance_limits[0], variance_limits[1])
+      rebuilt = _sym(tf.matmul(vectors * clipped[None, :], vectors, transpose_b=True))
+      c = tf.where(tf.reduce_any(clipped != values), rebuilt, c)
       return Mean(m, 0.5 * (m[:, None] * m[None, :] + c))
     c = tf.clip_by_value(c, variance_limits[0], variance_limits[1])
     return Mean(m, 0.5 * (m * m + c))

@@ -217,7 +217,8 @@ class PosteriorServer:
                initial_site_precision: Optional[float] = None,
                initial_state=None,
                seed: int = 0,
-               dtype=tf.float32):
+               dtype=tf.float32,
+               jit_compile: bool = True):
     """Builds the server state (on the parameter servers when `strategy` is given).
 
     Args:
@@ -251,6 +252,7 @@ class PosteriorServer:
         the Keras model's current weights) or a flat [d] array (default zeros for an int d).
       seed: int seed of the samplers.
       dtype: the dtype the kernel runs in (the server state is float64).
+      jit_compile: compile a site's local iterations with XLA (on the worker that runs them).
 
     Raises:
       ValueError: no shards, an empty shard, shards of different structures, a non-Gaussian
@@ -298,6 +300,7 @@ class PosteriorServer:
                           chain0, [0.]])
     initial = np.tile(row[None], [self.num_sites, 1])
     self._rounds_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="rounds_done")
+    self._compiled_update = tf.function(self._update, jit_compile=bool(jit_compile))
     if strategy is None:
       self._state = tf.Variable(initial, name="snep_sites")
       self._coordinator = None
@@ -352,13 +355,13 @@ class PosteriorServer:
     damper = self.family.unflatten(row[size:2 * size])
     return snep.SiteState(site, damper, row[2 * size:2 * size + d], row[2 * size + d])
 
-  def _round(self, k, data):
-    """Site k's round: SNEP iterations from the current state, then one additive write.
+  def _update(self, state, k, data):
+    """Site k's new row from the state `[K, row]`, as the change of the whole state, and whether
+    it is a proper Gaussian (a pure function: XLA-compiled when `jit_compile`).
 
     The sampler's seed comes from (seed, k, the site's iteration count), which the state holds,
     so a run restored from a checkpoint of the state draws what the uninterrupted run drew.
     """
-    state = tf.convert_to_tensor(self._state)
     seed = seeds.fold_in(seeds.sanitize(self.seed, salt="PosteriorServer"), k,
                          tf.cast(state[k, -1], tf.int64))
     cond_prior = self.family.unflatten(self._global_flat(state) - state[k, :self.family.size])
@@ -369,8 +372,12 @@ class PosteriorServer:
                          new.chain, [new.iteration]], 0)
     valid = self.family.is_valid(new.site) & tf.reduce_all(tf.math.is_finite(new_row))
     delta = tf.where(valid, new_row - state[k], tf.zeros_like(new_row))
-    k = tf.cast(k, tf.int32)
-    self._state.assign_add(tf.scatter_nd([[k]], delta[None], tf.shape(state)))
+    return tf.scatter_nd([[tf.cast(k, tf.int32)]], delta[None], tf.shape(state)), valid
+
+  def _round(self, k, data):
+    """Site k's round: SNEP iterations from the state read now, then one additive write."""
+    delta, valid = self._compiled_update(tf.convert_to_tensor(self._state), k, data)
+    self._state.assign_add(delta)
     return valid
 
   def _worker_round(self, iterator):

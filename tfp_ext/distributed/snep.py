@@ -144,7 +144,8 @@ class KernelTilted:
       return self.log_likelihood_fn(theta, batch) / tf.cast(self.beta, dtype)
 
     kernel = self.make_kernel(log_prior_fn, log_likelihood_fn, data)
+    # Folded-in seeds come as int64; TFP's samplers take int32 (the cast keeps the low bits).
     samples = tfp.mcmc.sample_chain(self.num_results, tf.cast(state, dtype), kernel=kernel,
                                     num_burnin_steps=self.num_burnin_steps,
-                                    trace_fn=None, seed=seed)
+                                    trace_fn=None, seed=tf.cast(seed, tf.int32))
     return family.statistics(samples), tf.cast(samples[-1], state.dtype)
