@@ -66,7 +66,13 @@ def _weight_space(model, loss, initial_state):
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     weights_ll = keras_log_likelihood_fn(model, loss)
     if initial_state is None:
-      initial_state = [v.numpy() for v in model.trainable_variables]
+      try:
+        initial_state = [v.numpy() for v in model.trainable_variables]
+      except tf.errors.InvalidArgumentError as e:
+        raise ValueError(
+            "The model's variables cannot be read: they were created before the "
+            "ParameterServerStrategy connected to the cluster, which replaces this process's "
+            "devices. Create the strategy first, then build the model.") from e
   elif callable(model):
     if loss is not None:
       raise ValueError("`loss` is for a Keras model; a log-likelihood function is its own loss.")

@@ -37,24 +37,37 @@ class ControlVariate(collections.namedtuple(
 
 
 def check_data(data, batch_size):
-  """Returns N (the common leading dimension of `data`); raises a ValueError on bad input."""
+  """Returns N (the common leading dimension of `data`); raises a ValueError on bad input.
+
+  N is a Python int when the leading dimension is static, else a scalar int32 tensor (data that
+  arrive from a dataset traced for shards of several sizes, as on a parameter-server worker).
+  """
   leaves = [tf.convert_to_tensor(x) for x in tf.nest.flatten(data)]
   if not leaves:
     raise ValueError("`data` must hold at least one tensor with a leading example dimension.")
   sizes = set()
   for x in leaves:
-    if x.shape.rank is None or x.shape.rank < 1 or x.shape[0] is None:
-      raise ValueError(f"Every tensor in `data` needs a static leading example dimension; got "
-                       f"shape {x.shape}.")
-    sizes.add(int(x.shape[0]))
+    if x.shape.rank is None or x.shape.rank < 1:
+      raise ValueError(f"Every tensor in `data` needs a leading example dimension; got shape "
+                       f"{x.shape}.")
+    if x.shape[0] is not None:
+      sizes.add(int(x.shape[0]))
     if tf.executing_eagerly() and x.dtype.is_floating and not bool(
         tf.reduce_all(tf.math.is_finite(x))):
       raise ValueError(f"`data` has NaN or infinite values (a tensor of shape {x.shape}).")
-  if len(sizes) != 1:
+  if len(sizes) > 1:
     raise ValueError(f"All tensors in `data` must have the same leading dimension N, got "
                      f"{sorted(sizes)}.")
-  num_examples = sizes.pop()
   batch_size = check_int("batch_size", batch_size)
+  if any(x.shape[0] is None for x in leaves):
+    num_examples = tf.shape(leaves[0])[0]
+    checks = [tf.debugging.assert_equal(tf.shape(x)[0], num_examples,
+                                        message="`data` tensors differ in N") for x in leaves]
+    checks.append(tf.debugging.assert_less_equal(
+        batch_size, num_examples, message="`batch_size` is larger than N"))
+    with tf.control_dependencies(checks):
+      return tf.identity(num_examples)
+  num_examples = sizes.pop()
   if batch_size > num_examples:
     raise ValueError(f"`batch_size` must be in [1, N={num_examples}], got {batch_size}.")
   return num_examples
@@ -68,7 +81,7 @@ def minibatch_indices(seed, num_examples: int, batch_size: int):
 
 def minibatch(data, seed, num_examples: int, batch_size: int):
   """The minibatch of `data` (a nested structure) selected by `minibatch_indices`."""
-  if batch_size == num_examples:
+  if isinstance(num_examples, int) and batch_size == num_examples:
     return data  # The whole data set: no gather needed, and the estimate is exact.
   idx = minibatch_indices(seed, num_examples, batch_size)
   return tf.nest.map_structure(lambda x: tf.gather(x, idx), data)
@@ -108,7 +121,8 @@ def target_and_gradients(log_prior_fn, log_likelihood_fn, state_parts, batch, nu
     is_list: whether the user's state is a list (else a single tensor).
     control_variate: a `ControlVariate` or None.
   """
-  scale = num_examples / batch_size
+  scale = (num_examples / batch_size if isinstance(num_examples, int) else
+           tf.cast(num_examples, tf.float64) / batch_size)
 
   def estimate(parts):
     return _log_prob_estimate(

@@ -139,8 +139,8 @@ class StochasticGradientHamiltonianMonteCarlo(tfp.mcmc.TransitionKernel):
     return self._parameters["data"]
 
   @property
-  def num_examples(self) -> int:
-    """N, the number of examples in `data`."""
+  def num_examples(self):
+    """N, the number of examples in `data` (an int, or a scalar tensor when not static)."""
     return self._num_examples
 
   @property
