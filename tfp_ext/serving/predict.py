@@ -162,6 +162,10 @@ class PredictPath:
       self.metrics.observe_batch(servable.name, str(servable.version), signature_name, rows,
                                  padded)
 
+  def count_failure(self, entrypoint: str, name: str, error: StatusError) -> None:
+    """Counts a request a transport refused before it reached `predict`."""
+    self._observe(entrypoint, name, None, "", error.code.name, time.perf_counter())
+
   def _observe(self, entrypoint, name, servable, signature_name, status, start):
     if self.metrics is None:
       return

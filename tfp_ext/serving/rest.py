@@ -187,7 +187,11 @@ def build_app(path: PredictPath, max_body_bytes: int, metrics: Optional[Metrics]
       if not m:
         raise not_found(f"Malformed request: POST {request.url.path}")
       name, version, label = spec_of(m)
-      registry.resolve(name, version, label)  # 404 before reading the body, as TF Serving.
+      try:
+        registry.resolve(name, version, label)  # 404 before reading the body, as TF Serving.
+      except StatusError as e:
+        path.count_failure("REST", name, e)
+        raise
       if m["verb"] != "predict":
         raise invalid_argument(f"Only :predict is supported, got :{m['verb']}")
       body = _parse_body(await read_body(request))
