@@ -9,15 +9,24 @@ UNAVAILABLE (HTTP 503): "the batch scheduling queue ... is full"; one larger tha
 `max_batch_size` gets INVALID_ARGUMENT.
 
 Each batch is padded to the smallest of `allowed_batch_sizes` that holds it (TF Serving's
-padding, with copies of the first row); the padding rows' outputs are dropped. Padding is what
-keeps answers exact: the exports' signatures choose their computation by the row count (see
-`tfp_ext.posterior.predictive_samples`), and TF's kernels may round a row differently at another
-batch size, so a request's answer is the same whatever it was batched with only if every batch
-runs at the same few sizes. `serving/batching.config` uses one size; see serving/README.md.
+padding, with copies of the first row); the padding rows' outputs are dropped. A request alone
+is padded too. That is half of what keeps answers exact: the exports' signatures choose their
+computation by the row count (see `tfp_ext.posterior.predictive_samples`), and TF's kernels may
+round a row differently at another batch size, so every batch runs at the same few sizes.
+
+The other half: at one size, some kernels still round a row by its position in the batch (a
+tail of rows handled by other code; seen here with oneDNN's batched matmul, and Eigen's at 32
+rows of a 16-128-128-1 MLP). So before merging requests at a size, the batcher checks, once per
+servable, signature, input shapes and size, that the signature's rows do not depend on their
+position or on the other rows (random rows, shifted by several offsets, must give the same
+answers bit for bit). Where they do, the requests of a batch run one by one, each padded to the
+size, and a warning names the size: a request's answer never depends on what it was batched
+with. Choose `allowed_batch_sizes` that pass (serving/README.md).
 """
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -31,7 +40,10 @@ from tfp_ext.serving.status import StatusError
 from tfp_ext.serving.status import invalid_argument
 
 __all__ = ["BatchingParameters", "Batcher", "parse_batching_parameters",
-           "read_batching_parameters_file"]
+           "read_batching_parameters_file", "rows_independent"]
+
+_log = logging.getLogger("tfp_ext.serving")
+_PROBE_SHIFTS = (1, 2, 3, 5, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +119,43 @@ def read_batching_parameters_file(path: str) -> BatchingParameters:
     return parse_batching_parameters(f.read())
 
 
+def _pad(feeds: Dict[str, np.ndarray], size: int) -> Dict[str, np.ndarray]:
+  """Pads batch-first arrays to `size` rows with copies of the first row, as TF Serving."""
+  rows = next(iter(feeds.values())).shape[0]
+  if rows == size:
+    return feeds
+  return {name: np.concatenate([v, np.repeat(v[:1], size - rows, axis=0)])
+          for name, v in feeds.items()}
+
+
+def rows_independent(run: "RunFn", example: Dict[str, np.ndarray], size: int,
+                     seed: int = 0) -> bool:
+  """Whether `run` at `size` rows answers each row the same, bit for bit, wherever it sits in
+  the batch and whatever the other rows hold (inputs shaped and typed as `example`'s rows)."""
+  rng = np.random.default_rng(seed)
+
+  def random_rows(n):
+    out = {}
+    for name, v in example.items():
+      shape = (n,) + v.shape[1:]
+      values = rng.standard_normal(shape) if v.dtype.kind == "f" else rng.integers(0, 10, shape)
+      out[name] = values.astype(v.dtype)
+    return out
+
+  x = random_rows(size)
+  base = run(x)
+  for shift in sorted({s % size for s in _PROBE_SHIFTS + (size // 2,)} - {0}):
+    shifted = run({k: np.roll(v, shift, axis=0) for k, v in x.items()})
+    if not all(np.array_equal(np.roll(base[k], shift, axis=0), shifted[k]) for k in base):
+      return False
+  if size > 1:  # The first row again, among other rows.
+    other = random_rows(size)
+    mixed = run({k: np.concatenate([x[k][:1], other[k][1:]]) for k in x})
+    if not all(np.array_equal(base[k][:1], mixed[k][:1]) for k in base):
+      return False
+  return True
+
+
 class _Task:
   __slots__ = ("feeds", "rows", "future")
 
@@ -147,6 +196,7 @@ class Batcher:
     self.params = params
     self._on_batch = on_batch  # (key, rows, padded rows), for metrics.
     self._queues: Dict[Hashable, _Queue] = {}
+    self._mergeable: Dict[Tuple[Hashable, int], bool] = {}
     self._cond = threading.Condition()
     self._stopped = False
     self._threads = [threading.Thread(target=self._work, name=f"tfp-ext-batch-{i}", daemon=True)
@@ -219,32 +269,45 @@ class Batcher:
       if item is None:
         return
       key, run, batch = item
-      tasks = batch.tasks
       try:
-        if len(tasks) == 1 and self.params.padded_size(batch.rows) == batch.rows:
-          merged = tasks[0].feeds
-        else:
-          merged = {name: np.concatenate([t.feeds[name] for t in tasks])
-                    for name in tasks[0].feeds}
         padded = self.params.padded_size(batch.rows)
-        if padded > batch.rows:
-          merged = {name: np.concatenate([v, np.repeat(v[:1], padded - batch.rows, axis=0)])
-                    for name, v in merged.items()}
-        if self._on_batch is not None:
-          self._on_batch(key, batch.rows, padded)
-        outputs = run(merged)
-        for name, value in outputs.items():
-          if np.ndim(value) == 0 or value.shape[0] != padded:
-            raise StatusError(Code.FAILED_PRECONDITION, f"Output {name!r} has shape "
-                              f"{list(np.shape(value))}: batching needs batch-first outputs")
-        start = 0
-        for t in tasks:
-          t.future.set_result({k: v[start:start + t.rows] for k, v in outputs.items()})
-          start += t.rows
+        if len(batch.tasks) == 1 or self._can_merge(key, run, batch.tasks[0].feeds, padded):
+          self._run(key, run, batch.tasks, batch.rows, padded)
+        else:
+          for t in batch.tasks:
+            self._run(key, run, [t], t.rows, self.params.padded_size(t.rows))
       except BaseException as e:  # pylint: disable=broad-except
-        for t in tasks:
+        for t in batch.tasks:
           if not t.future.done():
             t.future.set_exception(e)
+
+  def _can_merge(self, key, run, example, padded: int) -> bool:
+    """Checked once per key and size (see the module docstring)."""
+    cache_key = (key, padded)
+    if cache_key not in self._mergeable:
+      ok = rows_independent(run, example, padded)
+      if not ok:
+        _log.warning("Batching %s: at %d rows the signature rounds a row by its position in the "
+                     "batch, so requests run one by one (each padded to %d rows) to keep answers "
+                     "exact; other allowed_batch_sizes may merge.", key[:2], padded, padded)
+      self._mergeable[cache_key] = ok
+    return self._mergeable[cache_key]
+
+  def _run(self, key, run, tasks, rows, padded):
+    merged = (tasks[0].feeds if len(tasks) == 1 else
+              {name: np.concatenate([t.feeds[name] for t in tasks]) for name in tasks[0].feeds})
+    merged = _pad(merged, padded)
+    if self._on_batch is not None:
+      self._on_batch(key, rows, padded)
+    outputs = run(merged)
+    for name, value in outputs.items():
+      if np.ndim(value) == 0 or value.shape[0] != padded:
+        raise StatusError(Code.FAILED_PRECONDITION, f"Output {name!r} has shape "
+                          f"{list(np.shape(value))}: batching needs batch-first outputs")
+    start = 0
+    for t in tasks:
+      t.future.set_result({k: v[start:start + t.rows] for k, v in outputs.items()})
+      start += t.rows
 
   def stop(self) -> None:
     """Fails what is still queued with UNAVAILABLE and stops the threads."""

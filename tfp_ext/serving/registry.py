@@ -49,6 +49,9 @@ class Servable:
       self.inputs[key] = dict(kwargs)
       self.outputs[key] = sorted(fn.structured_outputs)
 
+  def __repr__(self) -> str:
+    return f"Servable({self.name!r}, version {self.version})"
+
   def run(self, signature: str, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Runs `signature` on `feeds` (checked by the predict path); returns numpy outputs."""
     fn = self.signatures[signature]
