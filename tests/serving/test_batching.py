@@ -26,7 +26,7 @@ SIZE = 16  # The one allowed batch size of the servers here.
 
 def test_batching_parameters_file():
   p = read_batching_parameters_file("serving/batching.config")
-  assert (p.max_batch_size, p.allowed_batch_sizes, p.num_batch_threads) == (16, (16,), 2)
+  assert (p.max_batch_size, p.allowed_batch_sizes, p.num_batch_threads) == (16, (16,), 1)
   assert p.padded_size(1) == p.padded_size(16) == 16
   assert parse_batching_parameters("") == BatchingParameters()  # TF Serving's defaults.
   assert parse_batching_parameters("allowed_batch_sizes: 4 allowed_batch_sizes: 8 "
