@@ -220,8 +220,9 @@ class Batcher:
       batches = queue.batches
       last = batches[-1] if batches else None
       if last is None or last.closed or last.rows + rows > p.max_batch_size:
-        if last is not None:
+        if last is not None and not last.closed:
           last.closed = True
+          self._cond.notify()  # It is due now, even if this request is refused.
         if len(batches) >= p.max_enqueued_batches:
           raise StatusError(Code.UNAVAILABLE, "The batch scheduling queue to which this task was "
                             f"submitted is full ({p.max_enqueued_batches} batches wait; "
