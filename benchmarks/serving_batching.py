@@ -4,8 +4,8 @@ and gRPC, 1-row requests at concurrency 1, 8 and 32; throughput and p50 / p99 la
 Two S = 32 classification MLPs with MNIST-sized inputs, exported with the default export (the
 weight samples stored in it): 784-128-128-10 (118k weights, 15 MB of samples) and 784-512-512-10
 (670k weights, 86 MB of samples). Every 1-row request reads all S samples; a batch of requests
-reads them once. Batching uses `serving/batching.config` (every batch padded to 16 rows, 1 ms
-batch timeout, 2 batch threads).
+reads them once. Batching uses `serving/batching.config` (every batch padded to 16 rows, a
+batch timeout of 4 ms, 1 batch thread).
 
 "floor" is the same server, unbatched, serving a SavedModel that does almost nothing (returns
 2·x[:, :1]): what HTTP/JSON or gRPC and the server cost per request, which batching cannot
@@ -124,7 +124,7 @@ def main(quick: bool = False) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tfp_ext.serving import export  # pylint: disable=g-import-not-at-top
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  n_requests = 60 if quick else 400
+  n_requests = 60 if quick else 300
   with tempfile.TemporaryDirectory() as tmp:
     lines = []
     for name, hidden in _MODELS.items():
