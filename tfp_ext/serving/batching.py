@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
@@ -196,7 +197,11 @@ class Batcher:
     self.params = params
     self._on_batch = on_batch  # (key, rows, padded rows), for metrics.
     self._queues: Dict[Hashable, _Queue] = {}
-    self._mergeable: Dict[Tuple[Hashable, int], bool] = {}
+    # Whether a key's rows may merge at a size, per the key's first element (the servable): held
+    # weakly, so an unloaded version is not kept alive by it.
+    self._mergeable = weakref.WeakKeyDictionary()
+    self._mergeable_strong = {}
+    self._mergeable_lock = threading.Lock()
     self._cond = threading.Condition()
     self._stopped = False
     self._threads = [threading.Thread(target=self._work, name=f"tfp-ext-batch-{i}", daemon=True)
@@ -284,15 +289,22 @@ class Batcher:
 
   def _can_merge(self, key, run, example, padded: int) -> bool:
     """Checked once per key and size (see the module docstring)."""
-    cache_key = (key, padded)
-    if cache_key not in self._mergeable:
+    owner = key[0] if isinstance(key, tuple) and key else key
+    with self._mergeable_lock:
+      try:
+        cache = self._mergeable.setdefault(owner, {})
+      except TypeError:  # Not weakly referenceable (a plain key).
+        cache = self._mergeable_strong.setdefault(owner, {})
+    # Without the owner: a value holding it would keep the weak entry alive.
+    cache_key = (key[1:] if isinstance(key, tuple) else None, padded)
+    if cache_key not in cache:
       ok = rows_independent(run, example, padded)
       if not ok:
         _log.warning("Batching %s: at %d rows the signature rounds a row by its position in the "
                      "batch, so requests run one by one (each padded to %d rows) to keep answers "
                      "exact; other allowed_batch_sizes may merge.", key[:2], padded, padded)
-      self._mergeable[cache_key] = ok
-    return self._mergeable[cache_key]
+      cache[cache_key] = ok
+    return cache[cache_key]
 
   def _run(self, key, run, tasks, rows, padded):
     merged = (tasks[0].feeds if len(tasks) == 1 else

@@ -31,7 +31,8 @@ def _abort(context, e: StatusError):
   context.abort(getattr(grpc.StatusCode, e.code.name), e.message)
 
 
-def _tensor_feeds(inputs, specs):
+def _tensor_feeds(inputs):
+  """The request's TensorProtos as arrays (the predict path checks them against the signature)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   feeds = {}
   for key, proto in inputs.items():
@@ -40,7 +41,6 @@ def _tensor_feeds(inputs, specs):
     except Exception as e:  # pylint: disable=broad-except
       raise invalid_argument(f"input {key!r}: not a valid TensorProto ({type(e).__name__}: "
                              f"{e})") from e
-  del specs  # Checked by the predict path.
   return feeds
 
 
@@ -63,7 +63,7 @@ def _services(path: PredictPath):
       name, version, label = _model_spec(request.model_spec)
       try:
         future = path.predict("GRPC", name, version, label, request.model_spec.signature_name,
-                              lambda specs: _tensor_feeds(request.inputs, specs),
+                              lambda specs: _tensor_feeds(request.inputs),
                               list(request.output_filter))
         result = future.result()
       except StatusError as e:
