@@ -108,6 +108,30 @@ def test_batcher_never_merges_position_dependent_rows():
     batcher.stop()
 
 
+def test_batcher_does_not_keep_unloaded_servables_alive():
+  import gc  # pylint: disable=g-import-not-at-top
+  import weakref  # pylint: disable=g-import-not-at-top
+
+  class Servable:  # Stands for a loaded model version: the first element of the batching key.
+    pass
+
+  servable = Servable()
+  alive = weakref.ref(servable)
+  run = lambda feeds: {"y": feeds["x"] * 2.}
+  batcher, batches = _batcher(run, batch_timeout_micros=50_000, max_enqueued_batches=4)
+  try:
+    futures = [batcher.submit((servable, "sig"), run, {"x": np.ones((1, 1), np.float32)})
+               for _ in range(2)]
+    for f in futures:
+      np.testing.assert_array_equal(f.result(30)["y"], [[2.]])
+    assert batches == [(2, 4)]  # Merged (checked first), so the check result is cached.
+    del servable, futures
+    gc.collect()
+    assert alive() is None
+  finally:
+    batcher.stop()
+
+
 @pytest.fixture(scope="module")
 def batching_server(regression, classification):
   params = BatchingParameters(max_batch_size=SIZE, allowed_batch_sizes=(SIZE,),

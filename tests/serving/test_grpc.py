@@ -83,6 +83,7 @@ def test_prometheus_metrics(server):
     grpc_client.predict(np.ones((1, 5), np.float32))
   with pytest.raises(ServingError):
     Client(server.url, "unknown_model").predict([[0., 1.]])
+  assert contract.post(server.url, "cls", '{"inputs": [', raw=True).status_code == 400
   after = _samples(server.url)
   delta = lambda key: after.get(key, 0) - before.get(key, 0)
   assert delta((count, labels("REST", status="OK"))) == 3
@@ -96,5 +97,9 @@ def test_prometheus_metrics(server):
   unknown = tuple(sorted(dict(model_name="", model_version="", signature_name="",
                               entrypoint="REST", status="NOT_FOUND").items()))
   assert delta((count, unknown)) == 1
+  # A body that does not parse is counted against the model, before any version is resolved.
+  bad_json = tuple(sorted(dict(model_name="cls", model_version="", signature_name="",
+                               entrypoint="REST", status="INVALID_ARGUMENT").items()))
+  assert delta((count, bad_json)) == 1
   assert not any(dict(k[1]).get("model_name") == "unknown_model" for k in after)
   grpc_client.close()

@@ -286,6 +286,8 @@ class Batcher:
         for t in batch.tasks:
           if not t.future.done():
             t.future.set_exception(e)
+      # Waiting for the next batch must not hold this one's servable (an unloaded version).
+      del item, key, run, batch
 
   def _can_merge(self, key, run, example, padded: int) -> bool:
     """Checked once per key and size (see the module docstring)."""

@@ -187,14 +187,14 @@ def build_app(path: PredictPath, max_body_bytes: int, metrics: Optional[Metrics]
       if not m:
         raise not_found(f"Malformed request: POST {request.url.path}")
       name, version, label = spec_of(m)
-      try:
+      try:  # Refusals before the predict path (which counts its own) are counted here.
         registry.resolve(name, version, label)  # 404 before reading the body, as TF Serving.
+        if m["verb"] != "predict":
+          raise invalid_argument(f"Only :predict is supported, got :{m['verb']}")
+        body = _parse_body(await read_body(request))
       except StatusError as e:
         path.count_failure("REST", name, e)
         raise
-      if m["verb"] != "predict":
-        raise invalid_argument(f"Only :predict is supported, got :{m['verb']}")
-      body = _parse_body(await read_body(request))
       future = path.predict("REST", name, version, label, body.get("signature_name", ""),
                             lambda specs: _feeds(body, specs))
       result = await asyncio.wrap_future(future)

@@ -53,7 +53,7 @@ class Server:
   ```python
   with tfp_ext.serving.Server({"m": "serving/models/m"}, port=0, grpc_port=0) as server:
     tfp_ext.serving.Client(server.url, "m").predict(x)           # REST
-    tfp_ext.serving.Client(server.grpc_target, "m").predict(x)   # gRPC
+    tfp_ext.serving.Client(f"grpc://{server.grpc_target}", "m").predict(x)   # gRPC
   ```
 
   From the shell: `tfp-ext serve --model_name=m --model_base_path=serving/models/m`.
