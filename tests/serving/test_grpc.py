@@ -1,6 +1,7 @@
 """TF Serving's gRPC API with the official stubs: the shared contract, the same answers as REST,
 the Client's gRPC mode, message limits and the Prometheus metrics of both."""
 
+import grpc
 import numpy as np
 import pytest
 import requests
@@ -21,6 +22,13 @@ def test_grpc_contract(server):
   contract.check_grpc_predict(server.grpc_target, "cls", [[0., 0.], [1., 2.]])
   contract.check_grpc_bad_requests(server.grpc_target, "reg", in_dim=1)
   contract.check_grpc_bad_requests(server.grpc_target, "cls", in_dim=2)
+  # No version labels are configured: a label is refused on both APIs, as by TF Serving.
+  predict, _ = contract.grpc_stubs(server.grpc_target)
+  with pytest.raises(grpc.RpcError) as e:
+    predict.Predict(contract.grpc_predict_request("reg", X, label="stable"), timeout=30)
+  assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "stable" in e.value.details()
+  r = contract.post(server.url, "reg", {"inputs": X.tolist()}, suffix="/labels/stable:predict")
+  assert r.status_code == 400 and "stable" in r.json()["error"]
 
 
 @pytest.mark.parametrize("model,x", [("reg", X), ("cls", [[0., 0.], [1., 2.], [-1., .5]]),
