@@ -51,7 +51,10 @@ def _serve(args) -> int:
                     monitoring=args.monitoring_config_file)
   except (ValueError, OSError) as e:
     raise SystemExit(f"tfp-ext serve: {e}") from e
-  server.serve_forever()
+  try:
+    server.serve_forever()
+  except OSError as e:  # A port already taken.
+    raise SystemExit(f"tfp-ext serve: {e}") from e
   return 0
 
 

@@ -187,7 +187,12 @@ class Server:
     if self.grpc_port is not None:
       self._grpc = GrpcServer(self._path, self.grpc_host, self.grpc_port,
                               self.grpc_max_message_bytes, self.grpc_max_threads)
-      self._grpc.start()
+      try:
+        self._grpc.start()
+      except OSError:
+        self._grpc = None
+        self.stop()
+        raise
       self.grpc_port = self._grpc.port
     self._stop.clear()
     if self.poll_wait > 0:
