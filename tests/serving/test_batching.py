@@ -19,6 +19,7 @@ from tfp_ext.serving.batching import Batcher
 from tfp_ext.serving.batching import BatchingParameters
 from tfp_ext.serving.batching import parse_batching_parameters
 from tfp_ext.serving.batching import read_batching_parameters_file
+from tfp_ext.serving.batching import rows_independent
 from tfp_ext.serving.metrics import MonitoringConfig
 from tfp_ext.serving.status import StatusError
 
@@ -187,7 +188,13 @@ def test_batched_answers_equal_unbatched_exactly(batching_server, model, in_dim,
       np.testing.assert_array_equal(got[k], alone[i][k])
   batches_after, rows_after = _batch_stats(batching_server.url)
   assert rows_after - rows_before == 2 * sum(len(x) for x in xs)
-  assert batches_after - batches_before < len(jobs)  # Requests were merged.
+  # Requests were merged, unless this CPU's kernels round a row by its position at SIZE rows;
+  # then the server ran them one by one (the same check as the server's).
+  run = lambda feeds: {k: v.numpy() for k, v in signature(x=tf.constant(feeds["x"])).items()}
+  if rows_independent(run, {"x": xs[0]}, SIZE):
+    assert batches_after - batches_before < len(jobs)
+  else:
+    assert batches_after - batches_before == len(jobs)
   for c in clients:
     c.close()
 
