@@ -1,5 +1,5 @@
-"""The `tfp-ext` command: `check` an export, `serve` exports over REST, run the `quickstart`, run a
-`posterior-server` cluster task."""
+"""The `tfp-ext` command: `check` an export, `serve` exports over REST and gRPC, run the
+`quickstart`, run a `posterior-server` cluster task."""
 
 import argparse
 import logging
@@ -29,18 +29,32 @@ def _serve(args) -> int:
     raise SystemExit("Give either --model_config_file or --model_name/--model_base_path.")
   if not args.model_config_file and not args.model_base_path:
     raise SystemExit("Give --model_base_path (with --model_name) or --model_config_file.")
+  if args.batching_parameters_file and not args.enable_batching:
+    raise SystemExit("--batching_parameters_file needs --enable_batching.")
   models = None
   if args.model_base_path:
     models = {args.model_name or "default": args.model_base_path}
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  batching = None
+  if args.enable_batching:
+    from tfp_ext.serving.batching import BatchingParameters  # pylint: disable=g-import-not-at-top
+    batching = args.batching_parameters_file or BatchingParameters()
   try:
+    # Port 0 turns an API off, as tensorflow_model_server's --rest_api_port=0.
     server = Server(models=models, model_config_file=args.model_config_file,
-                    host=args.rest_api_host, port=args.rest_api_port,
+                    host=args.rest_api_host, port=args.rest_api_port or None,
                     file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-                    max_body_bytes=args.max_body_bytes, num_threads=args.rest_api_num_threads)
+                    max_body_bytes=args.max_body_bytes, num_threads=args.rest_api_num_threads,
+                    grpc_port=args.port or None, grpc_host=args.grpc_host,
+                    grpc_max_message_bytes=args.grpc_max_message_bytes,
+                    grpc_max_threads=args.grpc_max_threads, batching=batching,
+                    monitoring=args.monitoring_config_file)
   except (ValueError, OSError) as e:
     raise SystemExit(f"tfp-ext serve: {e}") from e
-  server.serve_forever()
+  try:
+    server.serve_forever()
+  except OSError as e:  # A port already taken.
+    raise SystemExit(f"tfp-ext serve: {e}") from e
   return 0
 
 
@@ -75,14 +89,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="keep XLA JIT enabled, as a server started with this flag")
   p.set_defaults(fn=_check)
 
-  p = sub.add_parser("serve", help="serve exports over TF Serving's REST API",
-                     description="A local server speaking TF Serving's REST API. Flag names as "
-                     "tensorflow_model_server's.")
+  p = sub.add_parser("serve", help="serve exports over TF Serving's REST and gRPC APIs",
+                     description="A local server speaking TF Serving's REST and gRPC APIs. Flag "
+                     "names as tensorflow_model_server's.")
   p.add_argument("--model_name", default=None, help="name in the URLs (default 'default')")
   p.add_argument("--model_base_path", default=None, help="directory holding <version>/ exports")
   p.add_argument("--model_config_file", default=None,
                  help="a ModelServerConfig text proto listing several models")
-  p.add_argument("--rest_api_port", type=int, default=8501)
+  p.add_argument("--port", type=int, default=8500, help="gRPC port (0: no gRPC)")
+  p.add_argument("--grpc_host", default="127.0.0.1",
+                 help="address gRPC binds (default 127.0.0.1: local connections only)")
+  p.add_argument("--grpc_max_message_bytes", type=int, default=16 * 1024 * 1024,
+                 help="larger gRPC messages are refused with RESOURCE_EXHAUSTED")
+  p.add_argument("--grpc_max_threads", type=int, default=64, help="gRPC calls handled at once")
+  p.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0: no REST)")
   p.add_argument("--rest_api_host", default="127.0.0.1",
                  help="address to bind (default 127.0.0.1: local connections only)")
   p.add_argument("--rest_api_num_threads", type=int, default=8, help="concurrent model calls")
@@ -90,6 +110,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="how often to look for new versions (0: never)")
   p.add_argument("--max_body_bytes", type=int, default=16 * 1024 * 1024,
                  help="larger request bodies are refused with HTTP 413")
+  p.add_argument("--enable_batching", action="store_true",
+                 help="merge concurrent predict requests into batches")
+  p.add_argument("--batching_parameters_file", default=None,
+                 help="a BatchingParameters text proto, e.g. serving/batching.config")
+  p.add_argument("--monitoring_config_file", default=None,
+                 help="a MonitoringConfig text proto; prometheus_config { enable: true } serves "
+                 "/monitoring/prometheus/metrics on the REST port")
   p.set_defaults(fn=_serve)
 
   p = sub.add_parser("quickstart",

@@ -8,6 +8,7 @@ import tf_keras
 from tfp_ext.posterior import MeanFieldGaussian
 from tfp_ext.posterior import SampleEnsemble
 from tfp_ext.serving import Server
+from tfp_ext.serving.metrics import MonitoringConfig
 from tfp_ext.serving import export
 
 REG_NOISE = 0.1
@@ -81,9 +82,11 @@ def ensemble(models_root):
 
 @pytest.fixture(scope="session")
 def server(regression, classification, ensemble):
-  """The local server on a free port, serving the three exports."""
+  """The local server on free ports (REST and gRPC, Prometheus metrics), serving the three
+  exports."""
   s = Server({"reg": regression.base, "cls": classification.base, "ens": ensemble.base}, port=0,
-             file_system_poll_wait_seconds=0.25)
+             file_system_poll_wait_seconds=0.25, grpc_port=0,
+             monitoring=MonitoringConfig(enable=True))
   s.start()
   yield s
   s.stop()

@@ -12,7 +12,7 @@ from typing import List
 
 from tfp_ext.internal.validation import check_int
 
-__all__ = ["ModelConfig", "parse_model_config", "read_model_config_file"]
+__all__ = ["ModelConfig", "parse_model_config", "parse_text_proto", "read_model_config_file"]
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)'
                     r'|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')'
@@ -70,6 +70,16 @@ def _parse_message(tokens, i, end):
   return fields, i
 
 
+def parse_text_proto(text: str) -> dict:
+  """Parses a protobuf text-format message into `{field: [values]}` (nested messages as dicts).
+
+  Also reads TF Serving's other config files (`--batching_parameters_file`,
+  `--monitoring_config_file`); the caller checks the fields it knows.
+  """
+  fields, _ = _parse_message(_tokens(text), 0, None)
+  return fields
+
+
 def _only(fields, allowed, where):
   unknown = sorted(set(fields) - set(allowed))
   if unknown:
@@ -78,7 +88,7 @@ def _only(fields, allowed, where):
 
 def parse_model_config(text: str, config_dir: str = ".") -> List[ModelConfig]:
   """Parses a `ModelServerConfig` text proto; relative base paths resolve against `config_dir`."""
-  fields, _ = _parse_message(_tokens(text), 0, None)
+  fields = parse_text_proto(text)
   _only(fields, ["model_config_list"], "the top level")
   if len(fields.get("model_config_list", [])) != 1:
     raise ValueError("The model config needs exactly one model_config_list block.")
