@@ -39,21 +39,20 @@ def _model(cls=LangevinVAE, **kwargs):
 
 @pytest.fixture(scope="module")
 def trained():
-  # fit without XLA: compiling the train step with its second-order gradients costs ~20 s here;
-  # the XLA path of the same model is checked by `test_xla_evaluate_matches_eager` and the
-  # train step (shared with HamiltonianVAE) by the HVAE's fit under XLA.
   x = _data()
   model = _model(initial_friction=0.5, num_steps=2)
-  model.compile(tf_keras.optimizers.Adam(0.02))
+  # SGD with momentum: XLA compiles its update much faster than Adam's (the time is the test's);
+  # after the one compilation the epochs cost ~0.1 s.
+  model.compile(tf_keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=True)
   before = model.elbo(x, num_samples=16, seed=11)
   init = (model.step_size().numpy(), model.friction().numpy())
-  history = model.fit(x, epochs=8, batch_size=64, verbose=0)
+  history = model.fit(x, epochs=30, batch_size=64, verbose=0)
   return model, x, before, init, history
 
 
-def test_fit_improves_the_elbo_and_learns_the_flow(trained):
+def test_fit_under_xla_improves_the_elbo_and_learns_the_flow(trained):
   model, x, before, init, history = trained
-  assert model.train_function is not None and len(history.history["loss"]) == 8
+  assert model.train_function is not None and len(history.history["loss"]) == 30
   after = model.elbo(x, num_samples=16, seed=11)
   # The improvement of the mean over N examples must exceed 5 combined standard errors.
   se = np.sqrt(np.sum(before.standard_error**2) + np.sum(after.standard_error**2)) / N
@@ -63,18 +62,6 @@ def test_fit_improves_the_elbo_and_learns_the_flow(trained):
   assert np.max(np.abs(model.step_size().numpy() - init[0])) > 1e-3
   assert abs(model.friction().numpy() - init[1]) > 1e-3
   assert np.all(model.step_size().numpy() > 0) and model.friction().numpy() > 0
-
-
-def test_xla_evaluate_matches_eager(trained):
-  # Keras's XLA path (compile(jit_compile=True)) on the trained model: the full-batch loss is
-  # -mean ELBO with one sample per example; XLA draws other normals on CPU, so eager and XLA
-  # agree within the Monte Carlo error: 5 standard errors of the difference of two means.
-  model, x, *_ = trained
-  eager = model.elbo(x, num_samples=1, seed=(5, 3)).elbo.numpy()
-  model.compile(tf_keras.optimizers.Adam(0.02), jit_compile=True)
-  xla_loss = model.evaluate(x, batch_size=N, verbose=0, return_dict=True)["loss"]
-  se = np.std(eager, ddof=1) / np.sqrt(N)
-  assert np.isfinite(xla_loss) and abs(xla_loss + eager.mean()) < 5 * np.sqrt(2) * se
 
 
 def test_elbo_bound_and_importance_sampled_nll_against_the_exact_evidence(trained):
