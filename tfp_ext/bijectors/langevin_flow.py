@@ -10,6 +10,7 @@ from tensorflow_probability.python.internal import dtype_util
 from tensorflow_probability.python.internal import parameter_properties
 from tensorflow_probability.python.internal import tensor_util
 
+from tfp_ext.internal import leapfrog
 from tfp_ext.internal import quasi_symplectic
 from tfp_ext.internal.validation import check_int
 
@@ -198,14 +199,7 @@ class LangevinFlow(bijector_lib.Bijector):
     return out
 
   def _split(self, x):
-    event = tf.compat.dimension_value(x.shape[-1]) if x.shape.rank else None
-    if event is None:
-      raise ValueError("The state's last (event) dimension must be statically known.")
-    if event % 2:
-      raise ValueError(f"The state is concat([z, rho], -1) with event size 2 * l; got odd size "
-                       f"{event}.")
-    z, rho = tf.split(x, 2, axis=-1)
-    return z, rho, event // 2
+    return leapfrog.split_state(x)
 
   def _noises(self, noise, z):
     """K noise tensors (or K `None`s) from a `[K, ..., l]` standard normal `noise`."""

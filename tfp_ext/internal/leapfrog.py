@@ -17,7 +17,19 @@ velocity), are shared with the quasi-symplectic Langevin step (`quasi_symplectic
 
 import tensorflow as tf
 
-__all__ = ["target_and_gradient", "kick", "drift", "leapfrog_step", "hamiltonian"]
+__all__ = ["split_state", "target_and_gradient", "kick", "drift", "leapfrog_step", "hamiltonian"]
+
+
+def split_state(x):
+  """`(z, rho, l)` from a phase-space state `concat([z, rho], -1)` of static event size 2 * l."""
+  event = tf.compat.dimension_value(x.shape[-1]) if x.shape.rank else None
+  if event is None:
+    raise ValueError("The state's last (event) dimension must be statically known.")
+  if event % 2:
+    raise ValueError(f"The state is concat([z, rho], -1) with event size 2 * l; got odd size "
+                     f"{event}.")
+  z, rho = tf.split(x, 2, axis=-1)
+  return z, rho, event // 2
 
 
 def target_and_gradient(target_log_prob_fn, z):
