@@ -40,7 +40,7 @@ def _model(cls=LangevinVAE, **kwargs):
 @pytest.fixture(scope="module")
 def trained():
   x = _data()
-  model = _model(initial_friction=0.5, num_steps=2)
+  model = _model(initial_friction=0.5, num_steps=1)  # K = 1: XLA compiles it fastest.
   # SGD with momentum: XLA compiles its update much faster than Adam's (the time is the test's);
   # after the one compilation the epochs cost ~0.1 s.
   model.compile(tf_keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=True)
