@@ -52,7 +52,7 @@ def _start(l=2, n=5, salt=0):
 
 
 def _reference_numpy(x, grad_log_p, h, gamma, mass, num_steps, noise=None):
-  """The step of Wang & Delingette / Milstein & Tretyakov, written out in numpy."""
+  """The step of the LangevinFlow docstring, written out in numpy."""
   z, rho = np.split(np.asarray(x, np.float64), 2, axis=-1)
   for k in range(num_steps):
     z_half = z + h / 2 * rho / mass
@@ -92,7 +92,7 @@ def _affine_flow(h, gamma, mass, num_steps):
   return a, shift - a @ shift
 
 
-def test_matches_the_papers_step_and_uses_one_gradient_per_step():
+def test_matches_the_step_written_out_and_uses_one_gradient_per_step():
   h, gamma, mass, k = np.array([0.3, 0.2, 0.25]), np.array([0.5, 1.0, 0.0]), 1.5, 4
   calls = []
 
@@ -169,7 +169,7 @@ def test_gaussian_pushforward_is_the_linear_recursion():
 
 
 def test_stochastic_flow_given_noise():
-  # Conditioned on the noise, the flow is the paper's stochastic step, an exact bijection, and
+  # Conditioned on the noise, the flow is the stochastic step, an exact bijection, and
   # keeps the log-det (the noise is a translation of the momentum).
   h, gamma, mass, k = 0.3, np.array([0.5, 1.0, 0.2]), 1.5, 3
   flow = LangevinFlow(_gaussian_target, num_steps=k, step_size=h, friction=gamma, mass=mass)

@@ -28,7 +28,8 @@ class LangevinFlow(bijector_lib.Bijector):
   dz = M^-1 rho dt,    drho = -grad U(z) dt - gamma rho dt + sqrt(2 gamma M) dW,
   ```
 
-  with the quasi-symplectic splitting of [Milstein & Tretyakov (2003)][2]: step `k = 1..K` is
+  with a splitting that is quasi-symplectic in the sense of [Milstein & Tretyakov (2003)][2]
+  (one target gradient per step, as in the Langevin VAE of [1]): step `k = 1..K` is
 
   ```none
   z_half = z_{k-1} + h / 2 M^-1 rho_{k-1}
@@ -45,9 +46,9 @@ class LangevinFlow(bijector_lib.Bijector):
   log |det J| = -K sum_j h_j gamma_j      (= -K h gamma l for scalar h, gamma),
   ```
 
-  which is the exact Langevin flow's phase-volume contraction over time `K h` (the
-  quasi-symplectic condition RL1 of [2]). With `gamma = 0` a step is the symplectic Stormer-
-  Verlet (drift-kick-drift leapfrog) step and the log-det is 0 (condition RL2 of [2]). Each step
+  which is the exact Langevin flow's phase-volume contraction over time `K h`, and with
+  `gamma = 0` a step is the symplectic Stormer-Verlet (drift-kick-drift leapfrog) step with
+  log-det 0: the two properties that make a scheme quasi-symplectic in [2]. Each step
   evaluates the target gradient once (the leapfrog of `TemperedHamiltonianFlow` needs K + 1),
   and so does each inverse step: the inverse runs the steps backwards exactly.
 

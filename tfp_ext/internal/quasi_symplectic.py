@@ -16,10 +16,10 @@ stochastic version by the exact Ornstein-Uhlenbeck noise), and a half drift:
 
 with xi ~ N(0, I) (xi = 0: the deterministic flow). The drifts and the kick are shears, the
 noise a translation, so the Jacobian determinant is exactly exp(-h sum_j gamma_j) per step,
-the phase-volume contraction of the exact Langevin flow over time h (Milstein & Tretyakov's
-condition RL1). With gamma = 0 and xi = 0 the step is the Stormer-Verlet (position / drift-kick-
-drift leapfrog) step, which is symplectic (their condition RL2). Each step evaluates the target
-gradient once, at z_half; so does the inverse.
+the phase-volume contraction of the exact Langevin flow over time h, and with gamma = 0 and
+xi = 0 the step is the Stormer-Verlet (position / drift-kick-drift leapfrog) step, which is
+symplectic: the two properties Milstein & Tretyakov ask of a quasi-symplectic scheme. Each step
+evaluates the target gradient once, at z_half; so does the inverse.
 """
 
 import tensorflow as tf
