@@ -141,3 +141,33 @@ def test_config_round_trip():
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     _model(**kwargs)
+
+
+def test_save_load_resume(tmp_path):
+  # As tests/keras/test_save_paths.py checks the other VAEs: `.keras` brings the model back
+  # compiled with Adam's state, to the bit; the TF SavedModel format is refused. The resumed
+  # epoch is compared to rounding, not to the bit: repeated calls of one traced gradient of the
+  # Langevin ELBO were seen to differ in the last bit of one weight's gradient in about half of
+  # the calls, with or without noise and oneDNN on or off (not yet explained; the HVAE's never).
+  x = (np.random.default_rng(0).random((32, 6)) < 0.4).astype(np.float32)
+  fit = lambda m: m.fit(x, epochs=1, batch_size=8, shuffle=False, verbose=0)
+  init = lambda k: tf_keras.initializers.GlorotUniform(seed=k)
+  model = LangevinVAE(tf_keras.Sequential([tf_keras.layers.Dense(4, kernel_initializer=init(1))]),
+                      tf_keras.Sequential([tf_keras.layers.Dense(6, kernel_initializer=init(2))]),
+                      latent_size=2, num_steps=2, initial_step_size=0.05, seed=5)
+  model.compile(tf_keras.optimizers.Adam(0.01))
+  fit(model)
+  saved = [v.numpy() for v in model.optimizer.variables + model.trainable_variables]
+  model.save(str(tmp_path / "vae.keras"))
+  with pytest.raises(ValueError, match=r"TF SavedModel format.*\.keras"):
+    model.save(str(tmp_path / "vae_savedmodel"))
+  assert not (tmp_path / "vae_savedmodel").exists()
+  fit(model)
+  loaded = tf_keras.models.load_model(str(tmp_path / "vae.keras"))
+  assert isinstance(loaded, LangevinVAE) and isinstance(loaded.optimizer, tf_keras.optimizers.Adam)
+  got = [v.numpy() for v in loaded.optimizer.variables + loaded.trainable_variables]
+  for a, b in zip(got, saved, strict=True):
+    np.testing.assert_array_equal(a, b)
+  fit(loaded)
+  for a, b in zip(loaded.trainable_variables, model.trainable_variables, strict=True):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
