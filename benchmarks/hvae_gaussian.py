@@ -68,6 +68,10 @@ SWEEP = (((1, 2, 3), 10, METHODS),
          ((201, 301), 3, ("HVAE-T 1", "VB", "NF-30")),
          ((201, 301), 1, ("HVAE-T 10", "HVAE-noT 10")))
 PLOT = pathlib.Path(__file__).resolve().parent / "hvae_gaussian.png"
+# Methods other benchmarks add to this experiment (e.g. langevin_vae_gaussian):
+# name prefix -> (initial_variables(method, d, rng), negative_elbo(method, v, log_joint, prior,
+# seed)); the trainer and the tables then treat them like the methods above.
+EXTRA_METHODS = {}
 
 
 def true_parameters(d):
@@ -120,8 +124,14 @@ def _log_prior(z):
   return -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * d * math.log(2 * math.pi)
 
 
+def _extra(method):
+  return next((fns for prefix, fns in EXTRA_METHODS.items() if method.startswith(prefix)), None)
+
+
 def _initial_variables(method, d, rng):
   """Variational parameters' starting values (the paper's)."""
+  if _extra(method):
+    return _extra(method)[0](method, d, rng)
   if method.startswith("HVAE"):
     v = {"logit_eps": np.full(d, math.log(0.005 / (MAX_STEP - 0.005)))}
     if method.startswith("HVAE-T"):
@@ -137,6 +147,8 @@ def _negative_elbo(method, v, delta, log_sigma, x_bar, sq_dev, seed):
   d = x_bar.shape[-1]
   log_joint = lambda z: _log_prior(z) + _log_lik(z, delta, log_sigma, x_bar, sq_dev)
   prior = tfd.MultivariateNormalDiag(tf.zeros([d]))
+  if _extra(method):
+    return _extra(method)[1](method, v, log_joint, prior, seed)
   if method.startswith("HVAE"):
     k = int(method.split()[-1])
     eps = MAX_STEP * tf.sigmoid(v["logit_eps"])

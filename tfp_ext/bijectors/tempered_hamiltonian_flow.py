@@ -278,14 +278,7 @@ class TemperedHamiltonianFlow(bijector_lib.Bijector):
     return [eps] * self._num_steps
 
   def _split(self, x):
-    event = tf.compat.dimension_value(x.shape[-1]) if x.shape.rank else None
-    if event is None:
-      raise ValueError("The state's last (event) dimension must be statically known.")
-    if event % 2:
-      raise ValueError(f"The state is concat([z, rho], -1) with event size 2 * l; got odd size "
-                       f"{event}.")
-    z, rho = tf.split(x, 2, axis=-1)
-    return z, rho, event // 2
+    return leapfrog.split_state(x)
 
   def _forward(self, x):
     z, rho, l = self._split(x)

@@ -1,13 +1,13 @@
 """The Hamiltonian ELBO (Caterini et al., 2018, eq. 12): an unbiased, reparameterized estimator."""
 
 import collections
-import math
 from typing import Callable
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_ext.bijectors.tempered_hamiltonian_flow import TemperedHamiltonianFlow
+from tfp_ext.internal import flow_elbo
 from tfp_ext.internal import seeds
 from tfp_ext.internal.validation import check_int
 
@@ -88,15 +88,7 @@ def hamiltonian_elbo(target_log_prob_fn: Callable[[tf.Tensor], tf.Tensor],
   if not isinstance(flow, TemperedHamiltonianFlow):
     raise TypeError(f"`flow` must be a TemperedHamiltonianFlow, got {type(flow).__name__}.")
   num_samples = check_int("num_samples", num_samples)
-  if (initial_distribution.reparameterization_type
-      != tfp.distributions.FULLY_REPARAMETERIZED):
-    raise ValueError("`initial_distribution` must be fully reparameterized for gradients of "
-                     "the ELBO; got " + initial_distribution.name)
-  event_shape = initial_distribution.event_shape
-  if event_shape.rank != 1 or event_shape[0] is None:
-    raise ValueError("`initial_distribution` must have a static vector event shape [l]; got "
-                     f"{event_shape}.")
-  l = int(event_shape[0])
+  l = flow_elbo.check_initial_distribution(initial_distribution)
   with tf.name_scope(name):
     z_seed, rho_seed = tfp.random.split_seed(seeds.sanitize(seed), n=2)
     z0 = initial_distribution.sample(num_samples, seed=z_seed)
@@ -120,12 +112,7 @@ def hamiltonian_elbo(target_log_prob_fn: Callable[[tf.Tensor], tf.Tensor],
     # Non-Rao-Blackwellized weights; the l/2 log(2 pi) of N(rho_K) and of N(gamma_0) cancel.
     log_weights = (log_target - half_rho_sq - log_q0
                    + 0.5 * tf.reduce_sum(tf.square(gamma0), axis=-1))
-    elbo = tf.reduce_mean(elbo_samples, axis=0)
-    if num_samples > 1:
-      variance = tf.reduce_sum(tf.square(elbo_samples - elbo), axis=0) / (num_samples - 1.)
-    else:
-      variance = tf.fill(tf.shape(elbo), tf.constant(math.nan, dtype))
-    standard_error = tf.sqrt(variance / num_samples)
+    elbo, variance, standard_error = flow_elbo.summarize(elbo_samples, num_samples)
     return HamiltonianELBOResult(
         elbo=elbo, elbo_samples=elbo_samples, variance=variance,
         standard_error=standard_error, log_weights=log_weights,
