@@ -1,7 +1,9 @@
 """The chief of the multi-process cluster test: SNEP on the conjugate problem, K = 2.
 
 Run as `python -m tests.distributed.conjugate_chief ROUNDS` with `TF_CONFIG` naming this task
-the chief. Runs rounds until every site has done at least ROUNDS of its own (while a worker is
+the chief, or with `--local` on an in-process cluster of two workers (in a process of its own:
+connecting to a cluster replaces the process's devices, which would break later tests that use
+local devices). Runs rounds until every site has done at least ROUNDS of its own (while a worker is
 down, the other worker takes all rounds and the dead worker's site waits). Prints `round r` after
 each round and, at the end, one JSON line with the global mean and covariance, the iterations each
 site has done, the rounds run and the rejected updates. It leaves with
@@ -19,10 +21,11 @@ import tfp_ext
 from tests.distributed import conjugate_problem
 
 
-def main(num_rounds: int) -> None:
+def main(num_rounds: int, local: bool) -> None:
   shards, _, _ = conjugate_problem.problem(2)
-  learner = conjugate_problem.server(shards,
-                                     strategy=tfp_ext.distributed.strategy_from_tf_config())
+  strategy = (tfp_ext.distributed.LocalCluster(num_workers=2).strategy() if local else
+              tfp_ext.distributed.strategy_from_tf_config())
+  learner = conjugate_problem.server(shards, strategy=strategy, jit_compile=local)
   count = itertools.count(1)
   progress = tf_keras.callbacks.LambdaCallback(
       on_epoch_end=lambda r, logs: print(f"round {next(count)}", flush=True))
@@ -39,7 +42,7 @@ def main(num_rounds: int) -> None:
 
 if __name__ == "__main__":
   try:
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), "--local" in sys.argv[2:])
   finally:
     sys.stdout.flush()
     os._exit(0)  # pylint: disable=protected-access
