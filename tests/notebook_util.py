@@ -29,3 +29,9 @@ def run_notebook(name: str, tmp_path, timeout: int = 300):
     else:
       os.environ["TFP_EXT_NOTEBOOK_SMALL"] = old
   return nb
+
+
+def count_images(nb) -> int:
+  """The figures a notebook drew (PNG outputs), as a Colab user sees them."""
+  return sum("image/png" in out.get("data", {}) for cell in nb.cells
+             for out in cell.get("outputs", []))

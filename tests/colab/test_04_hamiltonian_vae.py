@@ -3,11 +3,14 @@
 import json
 import math
 
+from tests.notebook_util import count_images
 from tests.notebook_util import run_notebook
 
 
 def test_notebook_runs(tmp_path):
   nb = run_notebook("04_hamiltonian_vae.ipynb", tmp_path, timeout=600)
+  # Small settings draw the same figures as the full run.
+  assert count_images(nb) == 2, count_images(nb)
   text = "\n".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
   assert "small settings: True" in text
   results = json.loads((tmp_path / "hvae_results.json").read_text())

@@ -1,5 +1,6 @@
 """Executes colab/05_relativistic_hmc.ipynb offline (small settings) and checks what it computed."""
 
+from tests.notebook_util import count_images
 from tests.notebook_util import run_notebook
 
 
@@ -17,6 +18,8 @@ def _floats(line):
 
 def test_notebook_runs_and_serves(tmp_path):
   nb = run_notebook("05_relativistic_hmc.ipynb", tmp_path, timeout=600)
+  # Small settings draw the same figures as the full run.
+  assert count_images(nb) == 1, count_images(nb)
   text = _outputs(nb)
   assert "small settings: True" in text
   # The step-size sweep (0.005 ... 0.2): HMC's leapfrog is unstable beyond step 0.02 (twice the

@@ -1,5 +1,6 @@
 """Executes colab/06_sgmcmc.ipynb offline (small settings) and checks what it computed."""
 
+from tests.notebook_util import count_images
 from tests.notebook_util import run_notebook
 
 
@@ -13,6 +14,8 @@ def _outputs(nb):
 
 def test_notebook_runs_and_serves(tmp_path):
   nb = run_notebook("06_sgmcmc.ipynb", tmp_path, timeout=600)
+  # Small settings draw the same figures as the full run.
+  assert count_images(nb) == 2, count_images(nb)
   text = _outputs(nb)
   assert "small settings: True" in text
   # The notebook prints both covariance errors; SGLD-CV must be the smaller one.
