@@ -20,6 +20,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfp_ext.distributed.local_cluster import worker_server_config
+
 __all__ = ["cluster_from_tf_config", "run_task", "strategy_from_tf_config"]
 
 
@@ -48,8 +50,8 @@ def cluster_from_tf_config(job_name: Optional[str] = None, task_index: Optional[
 def run_task(job_name: Optional[str] = None, task_index: Optional[int] = None) -> None:
   """Serves this process's worker or parameter-server task until the process is killed.
 
-  Worker servers get `inter_op_parallelism_threads = workers + 1`: with fewer, the coordinator's
-  closures can deadlock on a small host.
+  Worker servers get extra inter-op threads (`local_cluster.worker_server_config`): with too few,
+  the coordinator's closures can deadlock on a small host.
   """
   cluster, job_name, task_index = cluster_from_tf_config(job_name, task_index)
   if job_name not in ("worker", "ps"):
@@ -57,8 +59,7 @@ def run_task(job_name: Optional[str] = None, task_index: Optional[int] = None) -
                      "task runs the training program (with strategy_from_tf_config()).")
   config = None
   if job_name == "worker":
-    config = tf.compat.v1.ConfigProto(
-        inter_op_parallelism_threads=cluster.num_tasks("worker") + 1)
+    config = worker_server_config(cluster.num_tasks("worker"))
   server = tf.distribute.Server(cluster, job_name=job_name, task_index=task_index,
                                 config=config, protocol="grpc", start=True)
   print(f"posterior-server: {job_name} {task_index} serving at "

@@ -14,7 +14,7 @@ Here the engine is `tf.distribute.experimental.ParameterServerStrategy` with a
   global posterior is η₀ plus the sum of the site rows;
 * one round of site k is one scheduled closure: it reads the variable (the conditional prior of
   that moment), runs `iters_per_sync` SNEP iterations on shard k (`snep.snep_iterations`), and
-  ends with a single `assign_add` of its row's change. The coordinator reschedules a closure whose
+  ends with a single scatter-add of its row's change. The coordinator reschedules a closure whose
   worker died; as its only write is that last one, no acknowledged update is lost or half-applied;
 * a closure knows its site and shard from `experimental_get_current_worker_index()`: worker k
   reads only shard k (its per-worker dataset is built from shard k alone), and a closure
@@ -362,8 +362,8 @@ class PosteriorServer:
     return snep.SiteState(site, damper, row[2 * size:2 * size + d], row[2 * size + d])
 
   def _update(self, state, k, data):
-    """Site k's new row from the state `[K, row]`, as the change of the whole state, and whether
-    it is a proper Gaussian (a pure function: XLA-compiled when `jit_compile`).
+    """The change of site k's row from the state `[K, row]` (zero if the new site is not a proper
+    Gaussian), and whether it is one (a pure function: XLA-compiled when `jit_compile`).
 
     The sampler's seed comes from (seed, k, the site's iteration count), which the state holds,
     so a run restored from a checkpoint of the state draws what the uninterrupted run drew.
@@ -377,13 +377,13 @@ class PosteriorServer:
     new_row = tf.concat([self.family.flatten(new.site), self.family.flatten(new.damper),
                          new.chain, [new.iteration]], 0)
     valid = self.family.is_valid(new.site) & tf.reduce_all(tf.math.is_finite(new_row))
-    delta = tf.where(valid, new_row - state[k], tf.zeros_like(new_row))
-    return tf.scatter_nd([[tf.cast(k, tf.int32)]], delta[None], tf.shape(state)), valid
+    return tf.where(valid, new_row - state[k], tf.zeros_like(new_row)), valid
 
   def _round(self, k, data):
-    """Site k's round: SNEP iterations from the state read now, then one additive write."""
+    """Site k's round: SNEP iterations from the state read now, then one additive write of its
+    row (a scatter-add on the parameter server: only the row's change travels)."""
     delta, valid = self._compiled_update(tf.convert_to_tensor(self._state), k, data)
-    self._state.assign_add(delta)
+    self._state.scatter_nd_add([[tf.cast(k, tf.int32)]], delta[None])
     return valid
 
   def _worker_round(self, iterator):
