@@ -138,6 +138,11 @@ def test_deep_json_is_refused_before_parsing(server, reg_expected):
     assert r.status_code == 400 and "--max_json_depth" in r.json()["error"], r.text
   assert json_depth(b'{"a": "[[[[[[", "b": [[1], [2]]}') == 3
   assert json_depth(b'"\\"[[[["') == 0
+  assert json_depth(b'["\\\\", [[1]]]') == 3 and json_depth(b'[[ "[[[[ \\') == 2
+  # Unterminated strings full of escaped quotes: the scan stays linear (a regex retrying from
+  # each quote took minutes on this body; the request's timeout would fail the test).
+  r = contract.post(server.url, "reg", '{"instances": "' + '\\"' * 3_000_000, raw=True)
+  assert r.status_code == 400 and "JSON Parse error" in r.json()["error"], r.text
   _check_still_serving(server, reg_expected)
 
 
