@@ -48,7 +48,9 @@ def _serve(args) -> int:
                     grpc_port=args.port or None, grpc_host=args.grpc_host,
                     grpc_max_message_bytes=args.grpc_max_message_bytes,
                     grpc_max_threads=args.grpc_max_threads, batching=batching,
-                    monitoring=args.monitoring_config_file)
+                    monitoring=args.monitoring_config_file,
+                    max_json_depth=args.max_json_depth,
+                    max_rows_per_request=args.max_rows_per_request)
   except (ValueError, OSError) as e:
     raise SystemExit(f"tfp-ext serve: {e}") from e
   try:
@@ -110,6 +112,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="how often to look for new versions (0: never)")
   p.add_argument("--max_body_bytes", type=int, default=16 * 1024 * 1024,
                  help="larger request bodies are refused with HTTP 413")
+  p.add_argument("--max_json_depth", type=int, default=64,
+                 help="REST bodies nesting arrays/objects deeper are refused with HTTP 400")
+  p.add_argument("--max_rows_per_request", type=int, default=100_000,
+                 help="requests with more rows are refused (HTTP 400 / INVALID_ARGUMENT)")
   p.add_argument("--enable_batching", action="store_true",
                  help="merge concurrent predict requests into batches")
   p.add_argument("--batching_parameters_file", default=None,

@@ -2,6 +2,7 @@
 answers whatever a request is batched with, on both transports, and a full queue."""
 
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -228,3 +229,90 @@ def test_full_queue_answers_unavailable_and_keeps_serving(regression):
     assert e.value.status_code == 400 and "maximum batch size 2" in e.value.message
     rest.close()
     grpc_client.close()
+
+
+def test_mixed_load_bad_requests_fail_alone(batching_server, regression):
+  """Concurrent valid and malformed requests on both transports with batching on: each valid
+  answer equals the request's unbatched answer, each malformed one gets its client error, and
+  every request is answered. Rows of NaN, inf and huge numbers are valid requests that do reach
+  the batcher; their neighbours in a batch keep their own numbers."""
+  import grpc  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(11)
+  signature = regression.signature()
+
+  def unbatched(x):  # What the server answers to the request alone (padded to SIZE).
+    padded = np.concatenate([x, np.repeat(x[:1], SIZE - len(x), axis=0)])
+    return {k: v.numpy()[:len(x)] for k, v in signature(x=tf.constant(padded)).items()}
+
+  odd = np.array([[np.nan], [np.inf], [-np.inf], [3e38], [-1e30]], np.float32)
+  valid = [rng.uniform(-3, 3, (int(rng.integers(1, 6)), 1)).astype(np.float32)
+           for _ in range(20)] + [odd[i:i + 2] for i in range(4)]
+  predict, _ = contract.grpc_stubs(batching_server.grpc_target)
+  x2 = np.array([[0.1], [0.2]], np.float32)
+  url = batching_server.url
+  rest_bad = [("[" * 100_000 + "]" * 100_000, "max_json_depth"),
+              ('{"instances": [[1.0, 2.0]]}', "shape"), ('{"instances": [["a"]]}', "numbers"),
+              ('{"inputs": {"y": [[1.0]]}}', "'x'"), ('{"instances": [[1.0]], "z": 1}', "z"),
+              (b'\xff\xfe{"instances"', "JSON"), ('{"instances": []}', "non-empty"),
+              ('{"instances": [[1.0], [2.0, 3.0]]}', "ragged")]
+  grpc_bad = [(contract.grpc_predict_request("reg", np.ones((2, 3), np.float32)), "shape"),
+              (contract.grpc_predict_request("reg", np.ones((2, 1), np.float64)), "float"),
+              (contract.grpc_predict_request("reg", x2, input_name="y"), "y"),
+              (contract.grpc_predict_request("nope", x2), "nope"),
+              (contract.grpc_predict_request("reg", x2, version=9), "9"),
+              (contract.grpc_predict_request("reg", x2, signature="bogus"), "bogus")]
+  grpc_codes = {"nope": grpc.StatusCode.NOT_FOUND, "9": grpc.StatusCode.NOT_FOUND,
+                "bogus": grpc.StatusCode.FAILED_PRECONDITION}
+
+  def valid_job(i):
+    x = valid[i]
+    if i % 2:
+      r = requests.post(f"{url}/v1/models/reg:predict", data=json.dumps(
+          {"inputs": x.tolist()}, allow_nan=True), timeout=60)
+      assert r.status_code == 200, r.text
+      return i, {k: np.asarray(v, np.float32) for k, v in
+                 json.loads(r.text).items() for k, v in v.items()}
+    return i, contract.grpc_outputs(predict.Predict(contract.grpc_predict_request("reg", x),
+                                                    timeout=60))
+
+  def rest_bad_job(j):
+    body, words = rest_bad[j]
+    r = requests.post(f"{url}/v1/models/reg:predict", data=body, timeout=60)
+    assert r.status_code == 400 and words in r.json()["error"], (body[:40], r.text)
+    return "rest", j
+
+  def grpc_bad_job(j):
+    request, words = grpc_bad[j]
+    try:
+      predict.Predict(request, timeout=60)
+    except grpc.RpcError as e:
+      assert e.code() == grpc_codes.get(words, grpc.StatusCode.INVALID_ARGUMENT), e
+      assert words in e.details(), e.details()
+      return "grpc", j
+    raise AssertionError(f"answered a malformed request: {words}")
+
+  jobs = [(valid_job, i) for i in range(len(valid))] * 2
+  jobs += [(rest_bad_job, j) for j in range(len(rest_bad))] * 2
+  jobs += [(grpc_bad_job, j) for j in range(len(grpc_bad))] * 2
+  order = rng.permutation(len(jobs))
+  batches_before, rows_before = _batch_stats(url)
+  with concurrent.futures.ThreadPoolExecutor(12) as pool:
+    futures = [pool.submit(jobs[k][0], jobs[k][1]) for k in order]
+    done, pending = concurrent.futures.wait(futures, timeout=120)
+  assert not pending  # Every request got an answer.
+  answers = [f.result() for f in futures]  # Re-raises any failed check.
+  for answer in answers:
+    if isinstance(answer[0], int):
+      i, got = answer
+      want = unbatched(valid[i])
+      assert sorted(got) == sorted(want)
+      for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+  assert len(answers) == len(jobs)
+  # Only the valid requests reached the batcher (the malformed were refused before), merged
+  # unless this CPU's kernels round a row by its position at SIZE rows (see above).
+  batches_after, rows_after = _batch_stats(url)
+  assert rows_after - rows_before == 2 * sum(len(x) for x in valid)
+  run = lambda feeds: {k: v.numpy() for k, v in signature(x=tf.constant(feeds["x"])).items()}
+  if rows_independent(run, {"x": valid[0]}, SIZE):
+    assert batches_after - batches_before < 2 * len(valid)

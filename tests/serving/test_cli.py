@@ -34,7 +34,8 @@ def test_serve_command(regression, tmp_path):
        f"--model_base_path={regression.base}", f"--rest_api_port={port}",
        f"--port={grpc_port}", "--enable_batching",
        f"--batching_parameters_file={REPO}/serving/batching.config",
-       f"--monitoring_config_file={monitoring}"],
+       f"--monitoring_config_file={monitoring}", "--max_json_depth=8",
+       "--max_rows_per_request=4"],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
   url = f"http://127.0.0.1:{port}"
   try:
@@ -54,6 +55,10 @@ def test_serve_command(regression, tmp_path):
     target = f"127.0.0.1:{grpc_port}"
     contract.check_grpc_status_and_metadata(target, "reg")
     contract.check_rest_equals_grpc(url, target, "reg", x)
+    r = contract.post(url, "reg", {"instances": [[[[[[[[0.]]]]]]]]})  # 9 deep.
+    assert r.status_code == 400 and "--max_json_depth" in r.json()["error"]
+    r = contract.post(url, "reg", {"instances": [[0.]] * 5})
+    assert r.status_code == 400 and "--max_rows_per_request" in r.json()["error"]
     page = requests.get(f"{url}/metrics", timeout=30).text
     assert 'status="OK"' in page and "batching_session:input_batch_size" in page
   finally:
@@ -72,6 +77,8 @@ def test_argument_errors(capsys):
     cli.main(["serve", "--model_base_path=/nonexistent/tfp_ext_models"])
   with pytest.raises(SystemExit, match="enable_batching"):
     cli.main(["serve", "--model_base_path=y", "--batching_parameters_file=serving/batching.config"])
+  with pytest.raises(SystemExit, match="max_json_depth and max_rows_per_request must be positive"):
+    cli.main(["serve", "--model_base_path=serving", "--max_rows_per_request=0"])
   with pytest.raises(SystemExit):
     cli.main(["check"])
   capsys.readouterr()

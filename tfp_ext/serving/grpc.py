@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from tfp_ext.serving.predict import PredictPath
+from tfp_ext.serving.status import Code
 from tfp_ext.serving.status import StatusError
 from tfp_ext.serving.status import invalid_argument
 
@@ -31,11 +32,40 @@ def _abort(context, e: StatusError):
   context.abort(getattr(grpc.StatusCode, e.code.name), e.message)
 
 
-def _tensor_feeds(inputs):
-  """The request's TensorProtos as arrays (the predict path checks them against the signature)."""
+def _check_shape(key, proto, specs, max_rows: int, max_elements: int) -> None:
+  """Refuses a TensorProto whose shape cannot be the input's, before it becomes an array (a
+  declared shape of 10^12 elements would otherwise be allocated)."""
+  if key not in specs:
+    raise invalid_argument(f"input {key!r} is not in the signature; it takes {sorted(specs)}")
+  if proto.tensor_shape.unknown_rank:
+    raise invalid_argument(f"input {key!r}: the TensorProto has an unknown rank")
+  dims = [d.size for d in proto.tensor_shape.dim]
+  if any(d < 0 for d in dims):
+    raise invalid_argument(f"input {key!r}: negative dimension in shape {dims}")
+  want = specs[key].shape
+  if want.rank is not None and len(dims) != want.rank:
+    raise invalid_argument(f"input {key!r}: expected rank {want.rank}, got shape {dims}")
+  if dims and dims[0] > max_rows:
+    raise invalid_argument(f"input {key!r}: {dims[0]} rows, more than the limit of {max_rows} "
+                           "(--max_rows_per_request)")
+  if want.rank is not None:
+    for got, w in zip(dims, want.as_list()):
+      if w is not None and got != w:
+        raise invalid_argument(f"input {key!r}: expected shape {want.as_list()}, got {dims}")
+  if int(np.prod(dims, dtype=object)) > max_elements:
+    raise invalid_argument(f"input {key!r}: shape {dims} holds more elements than a message "
+                           f"may ({max_elements})")
+
+
+def _tensor_feeds(inputs, specs=None, max_rows: Optional[int] = None,
+                  max_elements: Optional[int] = None):
+  """The request's TensorProtos as arrays (the predict path checks them against the signature);
+  with `specs`, shapes are checked first."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   feeds = {}
   for key, proto in inputs.items():
+    if specs is not None:
+      _check_shape(key, proto, specs, max_rows, max_elements)
     try:
       feeds[key] = np.asarray(tf.make_ndarray(proto))
     except Exception as e:  # pylint: disable=broad-except
@@ -44,7 +74,7 @@ def _tensor_feeds(inputs):
   return feeds
 
 
-def _services(path: PredictPath):
+def _services(path: PredictPath, max_message_bytes: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import get_model_metadata_pb2  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import get_model_status_pb2  # pylint: disable=g-import-not-at-top
@@ -63,11 +93,14 @@ def _services(path: PredictPath):
       name, version, label = _model_spec(request.model_spec)
       try:
         future = path.predict("GRPC", name, version, label, request.model_spec.signature_name,
-                              lambda specs: _tensor_feeds(request.inputs),
+                              lambda specs: _tensor_feeds(request.inputs, specs, path.max_rows,
+                                                          max_message_bytes),
                               list(request.output_filter))
         result = future.result()
       except StatusError as e:
         _abort(context, e)
+      except Exception as e:  # pylint: disable=broad-except
+        _abort(context, StatusError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
       response = predict_pb2.PredictResponse()
       response.model_spec.name = result.name
       response.model_spec.version.value = result.version
@@ -139,7 +172,8 @@ class GrpcServer:
                ("grpc.so_reuseport", 0)]
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(self.max_threads, "tfp-ext-grpc"),
                          options=options)
-    prediction, add_prediction, model, add_model = _services(self._path)
+    prediction, add_prediction, model, add_model = _services(self._path,
+                                                             self.max_message_bytes)
     add_prediction(prediction, server)
     add_model(model, server)
     try:

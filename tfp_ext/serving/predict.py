@@ -23,9 +23,10 @@ from tfp_ext.serving.status import Code
 from tfp_ext.serving.status import StatusError
 from tfp_ext.serving.status import invalid_argument
 
-__all__ = ["PredictPath", "PredictResult", "DEFAULT_SIGNATURE"]
+__all__ = ["PredictPath", "PredictResult", "DEFAULT_SIGNATURE", "DEFAULT_MAX_ROWS"]
 
 DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_MAX_ROWS = 100_000
 
 
 @dataclasses.dataclass
@@ -41,8 +42,9 @@ def shape_str(shape) -> str:
   return "[" + ",".join("-1" if d is None else str(d) for d in shape.as_list()) + "]"
 
 
-def check_inputs(specs, feeds: Dict[str, np.ndarray]) -> None:
-  """Raises INVALID_ARGUMENT unless `feeds` match the signature's input `specs` exactly."""
+def check_inputs(specs, feeds: Dict[str, np.ndarray], max_rows: Optional[int] = None) -> None:
+  """Raises INVALID_ARGUMENT unless `feeds` match the signature's input `specs` exactly (and
+  hold at most `max_rows` rows)."""
   missing, extra = sorted(set(specs) - set(feeds)), sorted(set(feeds) - set(specs))
   if missing or extra:
     raise invalid_argument(f"The signature takes inputs {sorted(specs)}; missing {missing}, "
@@ -69,6 +71,9 @@ def check_inputs(specs, feeds: Dict[str, np.ndarray]) -> None:
   batch = {v.shape[0] for v in feeds.values()}
   if len(batch) > 1:
     raise invalid_argument(f"Inputs have different batch sizes {sorted(batch)}")
+  if max_rows is not None and batch.pop() > max_rows:
+    raise invalid_argument(f"The request has {next(iter(feeds.values())).shape[0]} rows, more "
+                           f"than the limit of {max_rows} (--max_rows_per_request)")
 
 
 def _check_filter(outputs: Sequence[str], output_filter: Sequence[str]) -> None:
@@ -99,8 +104,10 @@ class PredictPath:
   """
 
   def __init__(self, registry: ModelRegistry, batcher: Optional[Batcher] = None,
-               metrics: Optional[Metrics] = None, num_threads: int = 8):
+               metrics: Optional[Metrics] = None, num_threads: int = 8,
+               max_rows: int = DEFAULT_MAX_ROWS):
     self.registry = registry
+    self.max_rows = max_rows  # Rows per request; transports refuse more before converting.
     self.batcher = batcher
     self.metrics = metrics
     self._pool = concurrent.futures.ThreadPoolExecutor(num_threads, "tfp-ext-predict")
@@ -125,8 +132,15 @@ class PredictPath:
     try:
       servable = self.registry.resolve(name, version, label)
       specs = self.signature_specs(servable, signature_name)
-      feeds = make_feeds(specs)
-      check_inputs(specs, feeds)
+      try:
+        feeds = make_feeds(specs)
+      except StatusError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        # Translating the request is the transport's work on the client's data: whatever fails
+        # there is the request's fault, never the server's.
+        raise invalid_argument(f"The inputs cannot be read ({type(e).__name__}: {e})") from e
+      check_inputs(specs, feeds, self.max_rows)
       _check_filter(servable.outputs[signature_name], output_filter)
       if self.batcher is not None:
         key = (servable, signature_name,

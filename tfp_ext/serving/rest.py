@@ -30,6 +30,42 @@ _GET_PATH = re.compile(_SPEC + r"(?P<meta>/metadata)?$")
 _POST_PATH = re.compile(_SPEC + r":(?P<verb>[a-z]+)$")
 
 
+# A JSON string, or an unterminated one to the end of the body: matched in linear time (possessive,
+# and an unterminated string is consumed once rather than retried from each later quote).
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_OPEN = np.zeros(256, np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(body: bytes) -> int:
+  """The deepest nesting of arrays and objects in a JSON text, without parsing it (brackets
+  inside strings do not count); a cheap scan, so a deep body is refused before any work."""
+  if not body:
+    return 0
+  steps = _OPEN[np.frombuffer(_STRING.sub(b"", body), np.uint8)]
+  depth = np.cumsum(steps[steps != 0], dtype=np.int32)  # Brackets only: a fraction of a body.
+  return int(depth.max()) if depth.size else 0
+
+
+def _rows(value) -> int:
+  """The batch size a JSON value asks for (0 if not a list)."""
+  return len(value) if isinstance(value, list) else 0
+
+
+def _check_rows(request: dict, max_rows: int) -> None:
+  """Refuses a parsed body with more than `max_rows` rows, before any array is built."""
+  if "instances" in request:
+    rows = _rows(request["instances"])
+  elif isinstance(request["inputs"], dict):
+    rows = max((_rows(v) for v in request["inputs"].values()), default=0)
+  else:
+    rows = _rows(request["inputs"])
+  if rows > max_rows:
+    raise invalid_argument(f"The request has {rows} rows, more than the limit of {max_rows} "
+                           "(--max_rows_per_request)")
+
+
 def _json_array(value, spec, what: str) -> np.ndarray:
   """Converts JSON `value` to an array of `spec`'s dtype (shapes are checked by the core)."""
   stack = [value]
@@ -39,18 +75,29 @@ def _json_array(value, spec, what: str) -> np.ndarray:
       stack.extend(v)
     elif isinstance(v, bool) or not isinstance(v, (int, float)):
       raise invalid_argument(f"{what}: expected numbers for a {spec.dtype.name} tensor, got "
-                             f"{type(v).__name__} {json.dumps(v)[:40]}")
+                             f"{type(v).__name__} {_short(v)}")
   try:
     return np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
-  except (ValueError, OverflowError) as e:
+  except (ValueError, OverflowError, TypeError) as e:
     raise invalid_argument(f"{what}: the list is ragged or not numeric ({e})") from e
 
 
-def _parse_body(body: bytes) -> dict:
+def _short(v) -> str:
+  try:
+    return json.dumps(v)[:40]
+  except (ValueError, TypeError, RecursionError):
+    return type(v).__name__
+
+
+def _parse_body(body: bytes, max_depth: int) -> dict:
+  depth = json_depth(body)
+  if depth > max_depth:
+    raise invalid_argument(f"JSON Parse error: the body nests arrays and objects {depth} deep, "
+                           f"more than the limit of {max_depth} (--max_json_depth)")
   try:
     request = json.loads(body)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise invalid_argument(f"JSON Parse error: {e}") from e
+  except (ValueError, UnicodeDecodeError, RecursionError) as e:
+    raise invalid_argument(f"JSON Parse error: {type(e).__name__}: {e}") from e
   if not isinstance(request, dict):
     raise invalid_argument("JSON Value: the request must be a JSON object")
   unknown = sorted(set(request) - {"signature_name", "instances", "inputs"})
@@ -122,8 +169,12 @@ def model_status_json(statuses) -> dict:
 
 
 def build_app(path: PredictPath, max_body_bytes: int, metrics: Optional[Metrics] = None,
-              metrics_path: Optional[str] = None):
-  """The Starlette app of the REST API over `path` (and the metrics page, if given)."""
+              metrics_path: Optional[str] = None, max_json_depth: int = 64):
+  """The Starlette app of the REST API over `path` (and the metrics page, if given).
+
+  Bodies over `max_body_bytes` get 413, bodies nested deeper than `max_json_depth` and bodies
+  with more rows than `path.max_rows` get 400, before any array is built for them.
+  """
   from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
   from starlette.applications import Starlette  # pylint: disable=g-import-not-at-top
   from starlette.responses import JSONResponse  # pylint: disable=g-import-not-at-top
@@ -191,7 +242,8 @@ def build_app(path: PredictPath, max_body_bytes: int, metrics: Optional[Metrics]
         registry.resolve(name, version, label)  # 404 before reading the body, as TF Serving.
         if m["verb"] != "predict":
           raise invalid_argument(f"Only :predict is supported, got :{m['verb']}")
-        body = _parse_body(await read_body(request))
+        body = _parse_body(await read_body(request), max_json_depth)
+        _check_rows(body, path.max_rows)
       except StatusError as e:
         path.count_failure("REST", name, e)
         raise

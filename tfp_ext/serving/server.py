@@ -13,8 +13,10 @@ New versions appearing under a base path are loaded in the background and swappe
 `latest` version policy); requests in flight finish on the version they started with, so none is
 dropped.
 
-Safe by default: binds 127.0.0.1, rejects REST bodies larger than `max_body_bytes` (413) and gRPC
-messages larger than `grpc_max_message_bytes` (RESOURCE_EXHAUSTED), and model names and versions
+Safe by default: binds 127.0.0.1, rejects REST bodies larger than `max_body_bytes` (413), REST
+bodies nested deeper than `max_json_depth` (400), requests of more than `max_rows_per_request`
+rows (400 / INVALID_ARGUMENT) and gRPC messages larger than `grpc_max_message_bytes`
+(RESOURCE_EXHAUSTED), each before any work is done for the request; model names and versions
 from requests are only looked up among the models loaded from the configured base paths, never
 used to build a file path.
 """
@@ -35,13 +37,15 @@ from tfp_ext.serving.metrics import MonitoringConfig
 from tfp_ext.serving.metrics import read_monitoring_config_file
 from tfp_ext.serving.model_config import ModelConfig
 from tfp_ext.serving.model_config import read_model_config_file
+from tfp_ext.serving.predict import DEFAULT_MAX_ROWS
 from tfp_ext.serving.predict import PredictPath
 from tfp_ext.serving.registry import ModelRegistry
 from tfp_ext.serving.rest import build_app
 
-__all__ = ["Server", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = ["Server", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_JSON_DEPTH", "DEFAULT_MAX_ROWS"]
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_JSON_DEPTH = 64
 _log = logging.getLogger("tfp_ext.serving")
 
 
@@ -67,7 +71,9 @@ class Server:
                grpc_max_message_bytes: int = DEFAULT_MAX_BODY_BYTES,
                grpc_max_threads: int = 64,
                batching: Union[BatchingParameters, str, None] = None,
-               monitoring: Union[MonitoringConfig, str, None] = None):
+               monitoring: Union[MonitoringConfig, str, None] = None,
+               max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+               max_rows_per_request: int = DEFAULT_MAX_ROWS):
     """Configures the server; models load on `start()` / `serve_forever()`.
 
     Args:
@@ -88,6 +94,10 @@ class Server:
         concurrent predict requests into batches (TF Serving's `--enable_batching`).
       monitoring: `MonitoringConfig`, or the path of a `--monitoring_config_file`: with
         `prometheus_config { enable: true }` the REST port serves Prometheus metrics.
+      max_json_depth: REST bodies nesting arrays and objects deeper get HTTP 400 (checked on the
+        raw bytes, before parsing).
+      max_rows_per_request: requests with more rows (the batch dimension) get HTTP 400 /
+        INVALID_ARGUMENT, checked before the inputs become arrays.
     """
     if (models is None) == (model_config_file is None):
       raise ValueError("Give exactly one of `models` (name -> base path) or `model_config_file`.")
@@ -105,9 +115,11 @@ class Server:
       if not os.path.isdir(c.base_path):
         raise ValueError(f"Model base path {c.base_path} of {c.name!r} is not a directory.")
     if (max_body_bytes <= 0 or num_threads <= 0 or file_system_poll_wait_seconds < 0 or
-        grpc_max_message_bytes <= 0 or grpc_max_threads <= 0):
-      raise ValueError("max_body_bytes, num_threads, grpc_max_message_bytes and grpc_max_threads "
-                       "must be positive, file_system_poll_wait_seconds non-negative.")
+        grpc_max_message_bytes <= 0 or grpc_max_threads <= 0 or max_json_depth <= 0 or
+        max_rows_per_request <= 0):
+      raise ValueError("max_body_bytes, num_threads, grpc_max_message_bytes, grpc_max_threads, "
+                       "max_json_depth and max_rows_per_request must be positive, "
+                       "file_system_poll_wait_seconds non-negative.")
     if port is None and grpc_port is None:
       raise ValueError("Give a REST `port` or a `grpc_port` (or both).")
     if isinstance(batching, str):
@@ -125,6 +137,8 @@ class Server:
     self.num_threads = num_threads
     self.grpc_max_message_bytes = grpc_max_message_bytes
     self.grpc_max_threads = grpc_max_threads
+    self.max_json_depth = max_json_depth
+    self.max_rows_per_request = max_rows_per_request
     self.batching = batching
     self.monitoring = monitoring
     self.metrics = Metrics() if monitoring is not None and monitoring.enable else None
@@ -172,13 +186,15 @@ class Server:
     for name, versions in self.registry.versions().items():
       if not versions:
         _log.warning("No loadable version of %r yet; polling.", name)
-    self._path = PredictPath(self.registry, metrics=self.metrics, num_threads=self.num_threads)
+    self._path = PredictPath(self.registry, metrics=self.metrics, num_threads=self.num_threads,
+                             max_rows=self.max_rows_per_request)
     if self.batching is not None:
       self._path.batcher = Batcher(self.batching, on_batch=self._path.on_batch)
     if self.port is not None:
       import uvicorn  # pylint: disable=g-import-not-at-top
       self.app = build_app(self._path, self.max_body_bytes, self.metrics,
-                           self.monitoring.path if self.metrics is not None else None)
+                           self.monitoring.path if self.metrics is not None else None,
+                           max_json_depth=self.max_json_depth)
       # uvicorn binds the address itself: handing it a pre-bound socket measured ~40 ms of extra
       # latency per request here.
       config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning",
