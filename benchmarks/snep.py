@@ -372,8 +372,8 @@ def _part2(quick):
         "(compiling each size would take longer than the part); seconds per round after "
         f"the compiling first round (median of {rounds} rounds; one round = K site updates). "
         "Bytes per site round from the state variable's shape (float64): as implemented, a "
-        "closure reads the whole [K, row] state and writes a [K, row] delta (zero outside its "
-        "row); the natural parameters alone are the global η read (2d) and the site's Δη "
+        "closure reads the whole [K, row] state and scatter-adds the change of its own row; the "
+        "natural parameters alone are the global η read (2d) and the site's Δη "
         "written (2d).")
   print("| K | N (examples) | N / K | s / round | s / site update | row (floats) | "
         "bytes read + written per site round (implemented) | natural parameters only |")
@@ -402,7 +402,7 @@ def _part2(quick):
                 callbacks=[tf_keras.callbacks.LambdaCallback(on_epoch_end=tick)])
     per_round = float(np.median(times[1:]))
     shape = learner.state_variable.shape
-    implemented = 2 * int(np.prod(shape)) * 8
+    implemented = (int(np.prod(shape)) + int(shape[1])) * 8
     natural = 2 * 2 * d * 8
     print(f"| {k} | {n:,} | {n // k:,} | {per_round:.3f} | {per_round / k:.4f} | {shape[1]} | "
           f"{implemented:,} | {natural:,} |")
@@ -410,7 +410,7 @@ def _part2(quick):
     size = 2 * d if covariance == "diagonal" else d + d * d
     row = 2 * size + d + 1
     print(f"({covariance}, d = {d}: row = 2·{size} + {d} + 1 = {row} floats; with K sites a site "
-          f"round moves 2·K·{row}·8 bytes as implemented, 2·{size}·8 = {2 * size * 8} bytes of "
+          f"round moves (K + 1)·{row}·8 bytes as implemented, 2·{size}·8 = {2 * size * 8} bytes of "
           "natural parameters.)")
 
 
