@@ -111,8 +111,8 @@ def test_steps_with_three_samples_match_the_authors_update(name):
 
   q = opt.posterior()
   # float64 on both sides, the same operations up to their order: a few ulps (1e-16 relative
-  # seen). The bound leaves room for that and still sees any change of the update (the square of
-  # the mean gradient for grad2, for one, moves s by tens of percent here).
+  # seen). The bound leaves room for that; a change of the update (the square of the mean
+  # gradient for grad2, for one) fails it.
   for i, v in enumerate(variables):
     scale = 1 / np.sqrt(N * states[i]["exp_avg_sq"] + PRIOR)
     np.testing.assert_allclose(q.loc[i], mu[i], rtol=1e-12, atol=1e-14)

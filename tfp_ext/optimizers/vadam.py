@@ -38,10 +38,10 @@ class Vadam(VariationalOptimizer):
   samples (a plain `fit` raises a ValueError saying so).
 
   Compared with Adam the only added cost is one normal draw per weight per step (and S − 1 more
-  forward and backward passes with S > 1). The model needs
-  no L2 regularizer (the prior is here) and its loss must be the per-example negative
-  log-likelihood averaged over the batch (Keras's default reduction), e.g.
-  `SparseCategoricalCrossentropy(from_logits=True)` or `0.5·(y − f)²/σ_noise²`.
+  forward and backward passes with S > 1). The model needs no L2 regularizer (the prior is here)
+  and its loss must be the per-example negative log-likelihood averaged over the batch (Keras's
+  default reduction), e.g. `SparseCategoricalCrossentropy(from_logits=True)` or
+  `0.5·(y − f)²/σ_noise²`.
 
   The model variables hold a weight sample while training; `model.fit` puts the mean back when
   it ends. See `VariationalOptimizer` for the caveats and `PosteriorMeanSwap` for validation and
