@@ -36,6 +36,18 @@ def _check_unit_interval(name, value):
     raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
 
 
+def _mean_gradient_and_square(gradient, num_samples):
+  """(ḡ, ĥ): the mean over the leading sample axis of the gradients and of their squares.
+
+  As the authors' Vadam and Vprop combine S weight samples (emtiyaz/vadam,
+  `pytorch/vadam/optimizers.py`): the mean of the squares, not the square of the mean. With one
+  sample (no sample axis) it is (g, g∘g), the arithmetic of a one-sample step.
+  """
+  if num_samples == 1:
+    return gradient, tf.square(gradient)
+  return tf.reduce_mean(gradient, axis=0), tf.reduce_mean(tf.square(gradient), axis=0)
+
+
 def _plain(value):
   """A NumPy scalar as a Python float, so configs are plain JSON."""
   return float(value) if hasattr(value, "dtype") and getattr(value, "shape", None) == () else value
@@ -89,11 +101,12 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
   The default `_unpack_gradient` densifies `tf.IndexedSlices` and checks the shape
   (through `_unpack_samples`, with the sample axis when `num_mc_samples` > 1).
 
-  Several weight samples per step (VOGN's `num_samples`, IVON's `mc_samples`) also go through
-  such a model wrapper: a subclass reports `num_mc_samples` = S, the wrapper evaluates sample 0
-  in the variables and `mc_sample(var_list, j)` for j = 1..S−1, and passes the per-sample
-  gradients stacked on a leading axis of size S (`_unpack_samples` checks the shape); the
-  subclass combines them, regenerating sample j's noise with `noise(index, iteration, v, j)`.
+  Several weight samples per step (the `num_samples` of Vadam, Vprop and VOGN, IVON's
+  `mc_samples`) also go through such a model wrapper: a subclass reports `num_mc_samples` = S,
+  the wrapper evaluates sample 0 in the variables and `mc_sample(var_list, j)` for j = 1..S−1,
+  and passes the per-sample gradients stacked on a leading axis of size S (`_unpack_samples`
+  checks the shape); the subclass combines them, regenerating sample j's noise with
+  `noise(index, iteration, v, j)` when it needs it.
 
   #### Caveats
 
@@ -235,10 +248,16 @@ class VariationalOptimizer(tf_keras.optimizers.Optimizer):
       expected = tf.TensorShape([samples]).concatenate(expected)
     if not gradient.shape.is_compatible_with(expected):
       if gradient.shape.is_compatible_with(variable.shape):
+        needs = []
+        if getattr(self, "curvature", None) is not None:
+          needs.append("a per-example curvature")
+        if samples > 1:
+          needs.append(f"the gradients at {samples} weight samples per step")
         raise ValueError(
-            f"{self.name} needs more than the batch gradient of {variable.name!r} (per-example "
-            "curvature or several weight samples per step), which a plain `model.fit` does not "
-            "compute: wrap the model in `tfp_ext.keras.VariationalModel(model)` and compile that.")
+            f"{self.name} needs more than the batch gradient of {variable.name!r} "
+            f"({' and '.join(needs) or 'extra statistics'}), which a plain `model.fit` or "
+            "`apply_gradients` does not compute: wrap the model in "
+            "`tfp_ext.keras.VariationalModel(model)` and compile that.")
       raise ValueError(f"{self.name}: gradient of shape {gradient.shape.as_list()} for variable "
                        f"{variable.name!r}; expected {expected.as_list()}.")
     return gradient

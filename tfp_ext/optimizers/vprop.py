@@ -5,8 +5,10 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras
 
+from tfp_ext.internal.validation import check_int
 from tfp_ext.optimizers.variational_optimizer import VariationalOptimizer
 from tfp_ext.optimizers.variational_optimizer import _check_unit_interval
+from tfp_ext.optimizers.variational_optimizer import _mean_gradient_and_square
 
 __all__ = ["Vprop"]
 
@@ -19,11 +21,18 @@ class Vprop(VariationalOptimizer):
   examples and λ̃ = λ/N:
 
   ```none
-  θ = μ + σ∘ε,  σ = 1/sqrt(N·(s + λ̃)) = 1/sqrt(N·s + λ),  ε ~ N(0, I)
-  g = ∇ mean per-example NLL of the minibatch, at θ
-  s ← ρ·s + (1 − ρ)·g∘g
-  μ ← μ − α·(g + λ̃·μ) / (sqrt(s) + λ̃)
+  θⱼ = μ + σ∘εⱼ,  σ = 1/sqrt(N·(s + λ̃)) = 1/sqrt(N·s + λ),  εⱼ ~ N(0, I),  j = 1..S
+  gⱼ = ∇ mean per-example NLL of the minibatch, at θⱼ
+  ḡ = (1/S)·Σⱼ gⱼ,   ĥ = (1/S)·Σⱼ gⱼ∘gⱼ
+  s ← ρ·s + (1 − ρ)·ĥ
+  μ ← μ − α·(ḡ + λ̃·μ) / (sqrt(s) + λ̃)
   ```
+
+  With S = `num_samples` weight samples per step the step of μ takes the **mean gradient** ḡ and
+  the precision statistic s the **mean of the per-sample squared gradients** ĥ, as the authors'
+  Vprop does (emtiyaz/vadam, `pytorch/vadam/optimizers.py`). S = 1 (the default) is the
+  one-sample update and works in a plain `model.fit`; S > 1 needs
+  `tfp_ext.keras.VariationalModel` (a plain `fit` raises a ValueError saying so).
 
   The paper writes the decay as β = 1 − ρ; `rho` follows `tf_keras.optimizers.RMSprop`. As in
   RMSprop there is no bias correction, so with s₀ = 0 the first steps are larger than α; `Vadam`
@@ -52,6 +61,7 @@ class Vprop(VariationalOptimizer):
                num_examples: Optional[int] = None,
                init_precision: Optional[float] = None,
                seed: Optional[int] = None,
+               num_samples: int = 1,
                name: str = "Vprop",
                **kwargs):
     """Creates a Vprop optimizer.
@@ -66,19 +76,28 @@ class Vprop(VariationalOptimizer):
       init_precision: the initial posterior precision N·s₀ + λ (>= `prior_precision`); `None`
         starts at s₀ = 0.
       seed: a non-negative int for the weight noise; `None` draws one (kept in `get_config`).
+      num_samples: S ≥ 1, weight samples per step (see above). More than 1 needs
+        `tfp_ext.keras.VariationalModel`.
       name: the optimizer's name.
       **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm`, `jit_compile` as for Keras
         optimizers. `use_ema` and `weight_decay` are refused.
 
     Raises:
       ValueError: a missing or non-positive `num_examples`, a non-positive precision, an
-        `init_precision` below `prior_precision`, `rho` outside [0, 1), `use_ema=True`.
+        `init_precision` below `prior_precision`, `rho` outside [0, 1), `use_ema=True`, a
+        `num_samples` that is not a positive int.
     """
     _check_unit_interval("rho", rho)
+    num_samples = check_int("num_samples", num_samples)
     super().__init__(learning_rate=learning_rate, prior_precision=prior_precision,
                      num_examples=num_examples, init_precision=init_precision, seed=seed,
                      name=name, **kwargs)
     self.rho = float(rho)
+    self.num_samples = int(num_samples)
+
+  @property
+  def num_mc_samples(self) -> int:
+    return self.num_samples
 
   def _build_statistics(self, var_list):
     self._velocities = []
@@ -96,10 +115,11 @@ class Vprop(VariationalOptimizer):
     lr = tf.cast(self.learning_rate, dtype)
     rho = tf.cast(self.rho, dtype)
     prior = tf.cast(self.prior_precision / self.num_examples, dtype)  # λ̃ = λ/N
-    s.assign_add((tf.square(gradient) - s) * (1 - rho))
+    gradient, squared = _mean_gradient_and_square(gradient, self.num_samples)
+    s.assign_add((squared - s) * (1 - rho))
     mu.assign_sub(lr * (gradient + prior * mu) / (tf.sqrt(s) + prior))
 
   def get_config(self) -> dict:
     config = super().get_config()
-    config.update({"rho": self.rho})
+    config.update({"rho": self.rho, "num_samples": self.num_samples})
     return config
