@@ -1,13 +1,12 @@
 """The chief of the multi-process cluster test: SNEP on the conjugate problem, K = 2.
 
 Run as `python -m tests.distributed.conjugate_chief ROUNDS` with `TF_CONFIG` naming this task
-the chief, or with `--local` on an in-process cluster of two workers (in a process of its own:
-connecting to a cluster replaces the process's devices, which would break later tests that use
-local devices). Runs rounds until every site has done at least ROUNDS of its own (while a worker is
-down, the other worker takes all rounds and the dead worker's site waits). Prints `round r` after
-each round and, at the end, one JSON line with the global mean and covariance, the iterations each
-site has done, the rounds run and the rejected updates. It leaves with
-`os._exit`: after a worker restart the coordinator's shutdown can hang at interpreter exit.
+the chief; the workers run XLA-compiled rounds. Runs rounds until every site has done at least
+ROUNDS of its own (while a worker is down, the other worker takes all rounds and the dead
+worker's site waits). Prints `round r` after each round and, at the end, one JSON line with the
+global mean and covariance, the iterations each site has done, the rounds run and the rejected
+updates. It leaves with `os._exit`: after a worker restart the coordinator's shutdown can hang at
+interpreter exit.
 """
 
 import itertools
@@ -21,11 +20,10 @@ import tfp_ext
 from tests.distributed import conjugate_problem
 
 
-def main(num_rounds: int, local: bool) -> None:
+def main(num_rounds: int) -> None:
   shards, _, _ = conjugate_problem.problem(2)
-  strategy = (tfp_ext.distributed.LocalCluster(num_workers=2).strategy() if local else
-              tfp_ext.distributed.strategy_from_tf_config())
-  learner = conjugate_problem.server(shards, strategy=strategy, jit_compile=local)
+  learner = conjugate_problem.server(
+      shards, strategy=tfp_ext.distributed.strategy_from_tf_config(), jit_compile=True)
   count = itertools.count(1)
   progress = tf_keras.callbacks.LambdaCallback(
       on_epoch_end=lambda r, logs: print(f"round {next(count)}", flush=True))
@@ -42,7 +40,7 @@ def main(num_rounds: int, local: bool) -> None:
 
 if __name__ == "__main__":
   try:
-    main(int(sys.argv[1]), "--local" in sys.argv[2:])
+    main(int(sys.argv[1]))
   finally:
     sys.stdout.flush()
     os._exit(0)  # pylint: disable=protected-access

@@ -1,7 +1,8 @@
 """The posterior server as separate processes launched from TF_CONFIG, with a worker SIGKILLed.
 
 One parameter server and two workers run `tfp-ext posterior-server` (TF's gRPC servers), the chief
-runs `tests.distributed.conjugate_chief`; all on 127.0.0.1. After round 2, worker 1 is killed and
+runs `tests.distributed.conjugate_chief`; all on 127.0.0.1, the rounds XLA-compiled on the workers
+(this is also the suite's check of the asynchronous cluster and of compiled rounds on it). After round 2, worker 1 is killed and
 restarted on its port. The coordinator reschedules the closures that died with it, so the run
 still ends at the exact posterior (the fixed point with exact tilted moments does not depend on the
 order of updates) and every scheduled site round was applied: the sites' iteration counts add up
